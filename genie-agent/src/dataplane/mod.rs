@@ -1,0 +1,321 @@
+//! The eBPF dataplane: load the object, pin its maps under the node's bpffs directory, attach
+//! its programs to endpoint interfaces with pinned TCX links, and read the pinned state back.
+//!
+//! Everything that must outlive the agent is pinned: maps (so a new agent adopts them) and TCX
+//! links (a TCX link dies with its last file descriptor, DESIGN.md §5). A restarted agent
+//! swaps the program inside an existing link (`bpf_link_update`), so there is no detach
+//! window.
+
+pub mod bpffs;
+mod counters;
+mod error;
+mod sys;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+    sys::SyscallError,
+};
+pub use counters::{CounterRow, read_counters};
+pub use error::DataplaneError;
+use genie_common::{
+    Direction, EndpointInfo,
+    maps::{ALL_MAPS, ENDPOINTS_MAP},
+};
+
+use crate::{EBPF_OBJECT, netns};
+
+/// The program that sees what an endpoint sends (TCX ingress of the host-side interface).
+pub const FROM_ENDPOINT_PROGRAM: &str = "from_endpoint";
+/// The program that sees what is delivered to an endpoint (TCX egress of the host side).
+pub const TO_ENDPOINT_PROGRAM: &str = "to_endpoint";
+
+/// Subdirectory of the bpffs directory holding one pinned TCX link per endpoint and direction.
+const LINKS_DIR: &str = "links";
+
+/// An endpoint interface to put under genie's programs.
+#[derive(Debug, Clone)]
+pub struct EndpointAttachment {
+    /// The network namespace the interface lives in (for veths: the node's, host side).
+    pub netns: PathBuf,
+    /// Name of the interface inside `netns`.
+    pub ifname: String,
+    /// Agent-assigned endpoint id (counter key).
+    pub endpoint_id: u32,
+}
+
+/// The loaded dataplane of one node.
+#[derive(Debug)]
+pub struct Dataplane {
+    ebpf: Ebpf,
+    bpffs: PathBuf,
+}
+
+impl Dataplane {
+    /// Loads the embedded object, pinning (or adopting already pinned) maps under `bpffs`.
+    pub fn load(bpffs: &Path) -> Result<Self, DataplaneError> {
+        Self::load_object(bpffs, EBPF_OBJECT)
+    }
+
+    /// Loads `object` (tests pass variants) with maps pinned under `bpffs`.
+    pub fn load_object(bpffs: &Path, object: &[u8]) -> Result<Self, DataplaneError> {
+        bpffs::ensure_on_bpffs(bpffs)?;
+        for dir in [bpffs.to_owned(), bpffs.join(LINKS_DIR)] {
+            fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let pins: Vec<(&str, PathBuf)> = ALL_MAPS
+            .iter()
+            .map(|name| (*name, bpffs.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+            source: Box::new(source),
+        })?;
+        for name in ALL_MAPS {
+            if ebpf.map(name).is_none() {
+                return Err(DataplaneError::MissingMap { name });
+            }
+        }
+        for name in [FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM] {
+            classifier_mut(&mut ebpf, name)?.load().map_err(|source| {
+                DataplaneError::ProgramLoad {
+                    name,
+                    source: Box::new(source),
+                }
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            bpffs: bpffs.to_owned(),
+        })
+    }
+
+    /// The bpffs directory this dataplane pins under.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// A loaded program, for `BPF_PROG_TEST_RUN` and inspection.
+    pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DataplaneError> {
+        self.ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DataplaneError::ProgramLoad {
+                name,
+                source: Box::new(source),
+            })
+    }
+
+    /// Writes the endpoint record, then attaches both programs to the interface. The record
+    /// goes first: a program that finds no record drops (fail closed), so the order never
+    /// opens a window.
+    pub fn attach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<u32, DataplaneError> {
+        let ifindex = interface_index(&ep.netns, &ep.ifname)?;
+        self.endpoints_map()?
+            .insert(
+                ifindex,
+                EndpointInfo {
+                    endpoint_id: ep.endpoint_id,
+                    identity: 0,
+                },
+                0,
+            )
+            .map_err(|source| DataplaneError::Map {
+                name: ENDPOINTS_MAP,
+                source,
+            })?;
+        for direction in Direction::ALL {
+            self.attach_direction(ep, direction)?;
+        }
+        Ok(ifindex)
+    }
+
+    fn attach_direction(
+        &mut self,
+        ep: &EndpointAttachment,
+        direction: Direction,
+    ) -> Result<(), DataplaneError> {
+        let (program_name, attach_type) = match direction {
+            Direction::Egress => (FROM_ENDPOINT_PROGRAM, TcAttachType::Ingress),
+            Direction::Ingress => (TO_ENDPOINT_PROGRAM, TcAttachType::Egress),
+        };
+        let pin = link_pin_path(&self.bpffs, ep.endpoint_id, direction);
+        let program = classifier_mut(&mut self.ebpf, program_name)?;
+        let attach_err = |source| DataplaneError::Attach {
+            program: program_name,
+            ifname: ep.ifname.clone(),
+            netns: ep.netns.clone(),
+            source: Box::new(source),
+        };
+        let link_id = match PinnedLink::from_pin(&pin) {
+            Ok(existing) => {
+                // Swap the program inside the existing link: the interface is never without one.
+                let link: SchedClassifierLink =
+                    FdLink::from(existing)
+                        .try_into()
+                        .map_err(|source| DataplaneError::Link {
+                            path: pin.clone(),
+                            source,
+                        })?;
+                program.attach_to_link(link).map_err(attach_err)?
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
+                let ifname = ep.ifname.clone();
+                netns::run_in(&ep.netns, || {
+                    program.attach_with_options(
+                        &ifname,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                })?
+                .map_err(attach_err)?
+            }
+            Err(source) => {
+                return Err(DataplaneError::Link { path: pin, source });
+            }
+        };
+        let link = program.take_link(link_id).map_err(attach_err)?;
+        let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+            path: pin.clone(),
+            source,
+        })?;
+        if !pin.exists() {
+            link.pin(&pin).map_err(|source| DataplaneError::Pin {
+                path: pin.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches both programs (by removing the pinned links) and deletes the endpoint record.
+    /// Missing pieces are not an error: detaching is idempotent.
+    pub fn detach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<(), DataplaneError> {
+        for direction in Direction::ALL {
+            detach_pinned_link(&link_pin_path(&self.bpffs, ep.endpoint_id, direction))?;
+        }
+        if let Ok(ifindex) = interface_index(&ep.netns, &ep.ifname) {
+            let mut map = self.endpoints_map()?;
+            match map.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DataplaneError::Map {
+                        name: ENDPOINTS_MAP,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn endpoints_map(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, u32, EndpointInfo>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(ENDPOINTS_MAP)
+            .ok_or(DataplaneError::MissingMap {
+                name: ENDPOINTS_MAP,
+            })?;
+        HashMap::try_from(map).map_err(|source| DataplaneError::Map {
+            name: ENDPOINTS_MAP,
+            source,
+        })
+    }
+}
+
+fn classifier_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DataplaneError::ProgramLoad {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Where the TCX link of one endpoint and direction is pinned.
+pub fn link_pin_path(bpffs: &Path, endpoint_id: u32, direction: Direction) -> PathBuf {
+    bpffs
+        .join(LINKS_DIR)
+        .join(format!("ep{endpoint_id}_{}", direction.name()))
+}
+
+/// The interface index of `ifname` inside `netns`.
+pub fn interface_index(netns: &Path, ifname: &str) -> Result<u32, DataplaneError> {
+    netns::run_in(netns, || nix::net::if_::if_nametoindex(ifname))?.map_err(|source| {
+        DataplaneError::NoInterface {
+            ifname: ifname.to_owned(),
+            netns: netns.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Detaches the link pinned at `path` now, then removes the pin. Only unpinning would leave
+/// the link attached until the kernel's deferred release runs, so traffic could still meet
+/// the program after the endpoint record is gone.
+fn detach_pinned_link(path: &Path) -> Result<(), DataplaneError> {
+    let link = match sys::obj_get(path) {
+        Ok(fd) => fd,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(DataplaneError::Detach {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    sys::link_detach(&link).map_err(|source| DataplaneError::Detach {
+        path: path.to_owned(),
+        source,
+    })?;
+    remove_pin(path)
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Unpin {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Removes everything genie pinned under `bpffs`: unpinning the links detaches the programs
+/// (no process holds them), unpinning the maps frees them. Idempotent.
+pub fn cleanup(bpffs: &Path) -> Result<(), DataplaneError> {
+    match fs::remove_dir_all(bpffs) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Unpin {
+            path: bpffs.to_owned(),
+            source,
+        }),
+    }
+}

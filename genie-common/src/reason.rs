@@ -1,0 +1,101 @@
+//! The one list of verdict reasons and directions: the eBPF counters are keyed by them and the
+//! metrics and `genie inspect` label with [`Reason::name`] and [`Direction::name`].
+
+/// Why a packet got its verdict. `Forwarded` is the only non-drop reason; every drop has its
+/// own reason so an operator can tell policy from spoofing from limits (DESIGN.md §3).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The packet passed.
+    Forwarded = 0,
+    /// genie's program runs on an interface that has no endpoint record: fail closed.
+    UnknownEndpoint = 1,
+}
+
+impl Reason {
+    /// Every reason, in discriminant order.
+    pub const ALL: [Reason; 2] = [Reason::Forwarded, Reason::UnknownEndpoint];
+
+    /// The label used in metrics and inspection output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::UnknownEndpoint => "unknown-endpoint",
+        }
+    }
+
+    /// Whether packets with this reason were dropped.
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Reason::Forwarded)
+    }
+
+    /// The reason for a raw counter-key byte, if it names one.
+    pub const fn from_u8(raw: u8) -> Option<Reason> {
+        match raw {
+            0 => Some(Reason::Forwarded),
+            1 => Some(Reason::UnknownEndpoint),
+            _ => None,
+        }
+    }
+}
+
+/// Direction of a packet, seen from the endpoint (the pod interface), not from the host
+/// interface the program is attached to: TC ingress on the host side of a veth carries what
+/// the pod sends.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Sent by the endpoint.
+    Egress = 0,
+    /// Delivered to the endpoint.
+    Ingress = 1,
+}
+
+impl Direction {
+    /// Both directions.
+    pub const ALL: [Direction; 2] = [Direction::Egress, Direction::Ingress];
+
+    /// The label used in metrics and inspection output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        }
+    }
+
+    /// The direction for a raw counter-key byte, if it names one.
+    pub const fn from_u8(raw: u8) -> Option<Direction> {
+        match raw {
+            0 => Some(Direction::Egress),
+            1 => Some(Direction::Ingress),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_have_distinct_names() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "ALL is in discriminant order");
+            assert_eq!(Reason::from_u8(*reason as u8), Some(*reason));
+            for other in &Reason::ALL[i + 1..] {
+                assert_ne!(reason.name(), other.name());
+            }
+        }
+        assert_eq!(Reason::from_u8(Reason::ALL.len() as u8), None);
+        assert!(!Reason::Forwarded.is_drop());
+        assert!(Reason::UnknownEndpoint.is_drop());
+    }
+
+    #[test]
+    fn directions_round_trip() {
+        for direction in Direction::ALL {
+            assert_eq!(Direction::from_u8(direction as u8), Some(direction));
+        }
+        assert_eq!(Direction::from_u8(2), None);
+    }
+}

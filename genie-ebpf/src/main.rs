@@ -1,0 +1,47 @@
+//! genie's eBPF programs. Entry points only; the work lives in one module per concern.
+#![no_std]
+#![no_main]
+
+mod endpoint;
+mod maps;
+mod metrics;
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext,
+};
+use genie_common::Direction;
+
+/// TC ingress of the host side of a pod's veth: everything the pod sends.
+#[classifier]
+pub fn from_endpoint(ctx: TcContext) -> i32 {
+    handle(&ctx, Direction::Egress)
+}
+
+/// TC egress of the host side of a pod's veth: everything delivered to the pod.
+#[classifier]
+pub fn to_endpoint(ctx: TcContext) -> i32 {
+    handle(&ctx, Direction::Ingress)
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, direction: Direction) -> i32 {
+    let verdict = endpoint::decide(ctx);
+    metrics::count(verdict.endpoint_id, direction, verdict.reason, ctx.len());
+    if verdict.reason.is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the BPF target has no unwinding; the verifier rejects any path that reaches
+    // here, so this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,44 @@
+//! `cargo xtask demo`: set up, build, and run the demo as root.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::{
+    setup,
+    util::{is_root, run, workspace_root},
+};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Skip `cargo xtask setup` (for a machine already set up).
+    #[arg(long)]
+    skip_setup: bool,
+}
+
+pub fn demo(args: &DemoArgs) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo creates network namespaces and loads eBPF programs: run `sudo -E cargo xtask demo`"
+        );
+    }
+    if !args.skip_setup {
+        setup::setup()?;
+    }
+    let root = workspace_root();
+    eprintln!("==> building genie and the demo");
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--quiet",
+        "--package",
+        "genie-agent",
+        "--package",
+        "genie-tests",
+        "--bins",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    run(Command::new(target.join("debug/genie-demo")).env("GENIE_BIN", target.join("debug/genie")))
+}
