@@ -5,7 +5,7 @@ use std::{
     ffi::OsString,
     fs,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -68,23 +68,7 @@ pub fn check_prerequisites() -> Result<PathBuf> {
 pub fn build(opts: &BuildOptions) -> Result<PathBuf> {
     let linker = check_prerequisites()?;
 
-    let mut cmd = toolchain::rustup_run(EBPF_TOOLCHAIN, "cargo");
-    cmd.current_dir(&opts.workspace)
-        .args(["build", "--package", EBPF_PACKAGE, "--bins", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&opts.target_dir)
-        // BTF for every map and type is what makes `bpftool map dump` print named fields
-        // (DESIGN.md §5); the eBPF crate reads the architecture for its pt_regs layouts.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            [
-                format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
-                "-Cdebuginfo=2".to_owned(),
-                "-Clink-arg=--btf".to_owned(),
-            ]
-            .join("\x1f"),
-        );
+    let mut cmd = ebpf_cargo("build", &opts.workspace, &opts.target_dir);
     // rustc finds the linker by name; `cargo install` may have put it outside PATH.
     if let Some(dir) = linker.parent() {
         let mut path = OsString::from(dir);
@@ -140,15 +124,33 @@ pub fn inputs(workspace: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `cargo clippy` for the eBPF crate on its own target (the host build leaves it out).
-pub fn clippy_command(workspace: &Path) -> std::process::Command {
+/// `cargo clippy` for the eBPF crate on its own target (the host build leaves it out). Same
+/// flags and target directory as the build, so the two share the compiled `core`.
+pub fn clippy_command(workspace: &Path) -> Command {
     let opts = BuildOptions::for_workspace(workspace);
+    let mut cmd = ebpf_cargo("clippy", workspace, &opts.target_dir);
+    cmd.args(["--", "-D", "warnings"]);
+    cmd
+}
+
+/// `cargo <subcommand>` on the nightly for the eBPF package and target, with BTF.
+fn ebpf_cargo(subcommand: &str, workspace: &Path, target_dir: &Path) -> Command {
     let mut cmd = toolchain::rustup_run(EBPF_TOOLCHAIN, "cargo");
     cmd.current_dir(workspace)
-        .args(["clippy", "--package", EBPF_PACKAGE, "--bins", "--release"])
+        .args([subcommand, "--package", EBPF_PACKAGE, "--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(&opts.target_dir)
-        .args(["--", "-D", "warnings"]);
+        .arg(target_dir)
+        // BTF for every map and type is what makes `bpftool map dump` print named fields
+        // (DESIGN.md §5); aya-ebpf reads the architecture for its pt_regs layouts.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
+                "-Cdebuginfo=2".to_owned(),
+                "-Clink-arg=--btf".to_owned(),
+            ]
+            .join("\x1f"),
+        );
     cmd
 }
