@@ -19,8 +19,9 @@ fn main() {
     opts.output = out_dir.join("genie.bpf.o");
     opts.from_build_script = true;
     if let Err(err) = xtask::ebpf::build(&opts) {
-        // A panic prints the message plainly; `cargo:warning` lines would be lost in the noise
-        // of a failed build.
-        panic!("\n\ngenie's eBPF object could not be built: {err:#}\n\n");
+        // Cargo prints a failed build script's stderr; a panic would add a backtrace that
+        // buries the one line that matters.
+        eprintln!("\nerror: genie's eBPF object could not be built: {err:#}\n");
+        std::process::exit(1);
     }
 }

@@ -1,27 +1,35 @@
-//! Text rendering shared by the `genie` subcommands.
+//! Text rendering for the `genie` subcommands: aligned tables.
 
-use std::fmt::Write as _;
-
-use crate::dataplane::CounterRow;
-
-/// Renders counters as an aligned table.
-pub fn counters_table(rows: &[CounterRow]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>8}  {:<9}  {:<18}  {:>12}  {:>14}",
-        "ENDPOINT", "DIRECTION", "REASON", "PACKETS", "BYTES"
-    );
+/// Renders rows as a table whose columns are as wide as their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
-        let _ = writeln!(
-            out,
-            "{:>8}  {:<9}  {:<18}  {:>12}  {:>14}",
-            row.endpoint_id,
-            row.direction.name(),
-            row.reason.name(),
-            row.value.packets,
-            row.value.bytes
-        );
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_align() {
+        let t = super::table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
+    }
 }

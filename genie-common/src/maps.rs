@@ -2,21 +2,111 @@
 //!
 //! Map names are also the file names of the pins under the agent's bpffs directory. The kernel
 //! keeps at most 15 characters of a map name (`BPF_OBJ_NAME_LEN`), so every name fits in that.
+//! Addresses are stored as 16 bytes in network byte order; IPv4 addresses are IPv4-mapped
+//! (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) so one map serves both families.
 
 use crate::reason::{Direction, Reason};
 
 /// Endpoint records, keyed by the interface index the programs run on.
 pub const ENDPOINTS_MAP: &str = "genie_endpoints";
-/// Packet and byte counters per (endpoint, direction, reason); per-CPU, so no atomics.
+/// Exact addresses (/32, /128) of endpoints and cluster DNS → identity. A hash, not an LPM:
+/// its cost does not grow with the number of pods (REFERENCE.md, Cilium's ipcache numbers).
+pub const ADDRS_MAP: &str = "genie_addrs";
+/// CIDRs (node addresses, network subnets) → identity; longest prefix wins.
+pub const CIDRS_MAP: &str = "genie_cidrs";
+/// Identities → flags and names.
+pub const IDENTITIES_MAP: &str = "genie_idents";
+/// The policy matrix: (src identity, dst identity, protocol) → allowed port ranges.
+pub const POLICY_MAP: &str = "genie_policy";
+/// Connection tracking (LRU).
+pub const CONNTRACK_MAP: &str = "genie_ct";
+/// Node-wide settings (one entry).
+pub const CONFIG_MAP: &str = "genie_config";
+/// Packet and byte counters per (endpoint, identity, direction, reason); per-CPU.
 pub const COUNTERS_MAP: &str = "genie_counters";
 
 /// Every map the eBPF object defines, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 2] = [ENDPOINTS_MAP, COUNTERS_MAP];
+pub const ALL_MAPS: [&str; 8] = [
+    ENDPOINTS_MAP,
+    ADDRS_MAP,
+    CIDRS_MAP,
+    IDENTITIES_MAP,
+    POLICY_MAP,
+    CONNTRACK_MAP,
+    CONFIG_MAP,
+    COUNTERS_MAP,
+];
 
 /// Capacity of [`ENDPOINTS_MAP`]: pod interfaces on one node.
 pub const MAX_ENDPOINTS: u32 = 65_536;
+/// Capacity of [`ADDRS_MAP`]: endpoint addresses known to the node (local and remote).
+pub const MAX_ADDRS: u32 = 262_144;
+/// Capacity of [`CIDRS_MAP`].
+pub const MAX_CIDRS: u32 = 16_384;
+/// Capacity of [`IDENTITIES_MAP`].
+pub const MAX_IDENTITIES: u32 = 16_384;
+/// Capacity of [`POLICY_MAP`].
+pub const MAX_POLICY: u32 = 131_072;
+/// Capacity of [`CONNTRACK_MAP`].
+pub const MAX_CONNTRACK: u32 = 262_144;
 /// Capacity of [`COUNTERS_MAP`]: endpoints × directions × the reasons that actually occur.
 pub const MAX_COUNTERS: u32 = 262_144;
+/// Port ranges per policy entry.
+pub const MAX_PORT_RANGES: usize = 16;
+
+/// Bits of [`IdentityInfo::flags`].
+pub mod identity_flags {
+    /// Endpoints of this identity may open flows to node addresses (`allowHostAccess`).
+    pub const ALLOW_HOST: u32 = 1 << 0;
+    /// … to addresses of no known network (`allowExternal`).
+    pub const ALLOW_EXTERNAL: u32 = 1 << 1;
+    /// Addresses of no known network may open flows to them (`allowExternalIngress`).
+    pub const ALLOW_EXTERNAL_INGRESS: u32 = 1 << 2;
+}
+
+/// An IPv6 address or IPv4-mapped IPv4 address, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpAddr16 {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<IpAddr16>() == 16);
+
+impl IpAddr16 {
+    /// The IPv4-mapped form of an IPv4 address given as network-order bytes.
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = octets[0];
+        addr[13] = octets[1];
+        addr[14] = octets[2];
+        addr[15] = octets[3];
+        Self { addr }
+    }
+
+    /// An IPv6 address given as network-order bytes.
+    pub const fn from_v6(octets: [u8; 16]) -> Self {
+        Self { addr: octets }
+    }
+
+    /// Whether this is an IPv4-mapped address.
+    pub const fn is_v4(&self) -> bool {
+        let a = &self.addr;
+        a[0] == 0
+            && a[1] == 0
+            && a[2] == 0
+            && a[3] == 0
+            && a[4] == 0
+            && a[5] == 0
+            && a[6] == 0
+            && a[7] == 0
+            && a[8] == 0
+            && a[9] == 0
+            && a[10] == 0xff
+            && a[11] == 0xff
+    }
+}
 
 /// Value of [`ENDPOINTS_MAP`]: what the dataplane knows about one pod interface. The key is
 /// the interface index (`u32`, host byte order) of the interface genie's programs run on.
@@ -25,10 +115,164 @@ pub const MAX_COUNTERS: u32 = 262_144;
 pub struct EndpointInfo {
     /// Agent-assigned id, stable for the endpoint's lifetime; counters are keyed by it.
     pub endpoint_id: u32,
-    /// Reserved for the (tenant, network) identity; zero until policy exists.
+    /// The (tenant, network) identity of the endpoint.
+    pub identity: u32,
+    /// The pod interface's MAC; all zero disables the MAC check (interfaces whose MAC the
+    /// agent cannot know).
+    pub mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// Value of [`ADDRS_MAP`] (key: [`IpAddr16`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// Identity of the address.
+    pub identity: u32,
+    /// The local endpoint owning the address (anti-spoofing), or 0 for a remote endpoint or a
+    /// service address.
+    pub endpoint_id: u32,
+}
+const _: () = assert!(size_of::<AddrInfo>() == 8);
+
+/// Value of [`CIDRS_MAP`] (key: LPM key over [`IpAddr16`], prefix counted in the 128-bit
+/// space, so an IPv4 /24 is a /120).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrInfo {
+    /// Identity of every address in the prefix.
     pub identity: u32,
 }
-const _: () = assert!(size_of::<EndpointInfo>() == 8);
+const _: () = assert!(size_of::<CidrInfo>() == 4);
+
+/// Length of the names kept in [`IdentityInfo`] (DNS labels are at most 63 bytes).
+pub const NAME_LEN: usize = 64;
+
+/// Value of [`IDENTITIES_MAP`] (key: identity `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityInfo {
+    /// [`identity_flags`] bits.
+    pub flags: u32,
+    /// Tenant name, NUL-padded (for inspection; the dataplane never reads it).
+    pub tenant: [u8; NAME_LEN],
+    /// Logical network name, NUL-padded.
+    pub network: [u8; NAME_LEN],
+}
+const _: () = assert!(size_of::<IdentityInfo>() == 4 + 2 * NAME_LEN);
+
+impl Default for IdentityInfo {
+    fn default() -> Self {
+        Self {
+            flags: 0,
+            tenant: [0; NAME_LEN],
+            network: [0; NAME_LEN],
+        }
+    }
+}
+
+/// Key of [`POLICY_MAP`]. `protocol` 0 means "every protocol, every port".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP), or 0 for any.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<PolicyKey>() == 12);
+
+/// An inclusive destination port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+const _: () = assert!(size_of::<PortRange>() == 4);
+
+/// Value of [`POLICY_MAP`]: the destination ports allowed. `count == 0` allows every port
+/// (and is the only form for protocols without ports, such as ICMP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    pub count: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+const _: () = assert!(size_of::<PolicyValue>() == 4 + 4 * MAX_PORT_RANGES);
+
+impl PolicyValue {
+    /// Whether `port` is allowed.
+    #[inline(always)]
+    pub fn allows_port(&self, port: u16) -> bool {
+        if self.count == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_PORT_RANGES {
+            if i as u32 >= self.count {
+                return false;
+            }
+            let range = self.ranges[i];
+            if port >= range.first && port <= range.last {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Key of [`CONNTRACK_MAP`]: a flow's addresses and ports in canonical order (the smaller
+/// (address, port) first), so both directions find the same entry with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub addr_lo: IpAddr16,
+    pub addr_hi: IpAddr16,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    /// The flow was opened by the `lo` side of the key.
+    pub const OPENED_BY_LO: u8 = 1 << 0;
+    /// A TCP FIN or RST was seen: the entry expires quickly.
+    pub const CLOSING: u8 = 1 << 1;
+}
+
+/// Value of [`CONNTRACK_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    /// [`Config::policy_epoch`] at which the flow was last found allowed.
+    pub epoch: u32,
+    /// [`ct_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<CtValue>() == 16);
+
+/// Value of [`CONFIG_MAP`] (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bumped by the agent after every change to identities or policy; a tracked flow whose
+    /// epoch differs is checked again before it may pass (tightening is immediate).
+    pub policy_epoch: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
 
 /// Key of [`COUNTERS_MAP`].
 #[repr(C)]
@@ -36,6 +280,8 @@ const _: () = assert!(size_of::<EndpointInfo>() == 8);
 pub struct CounterKey {
     /// [`EndpointInfo::endpoint_id`], or 0 for packets on an interface with no endpoint record.
     pub endpoint_id: u32,
+    /// The endpoint's identity (0 when unknown).
+    pub identity: u32,
     /// A [`Direction`] discriminant.
     pub direction: u8,
     /// A [`Reason`] discriminant.
@@ -43,13 +289,14 @@ pub struct CounterKey {
     /// Explicit padding, always zero (hash keys compare every byte).
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CounterKey>() == 8);
+const _: () = assert!(size_of::<CounterKey>() == 12);
 
 impl CounterKey {
     /// The key for one endpoint, direction and reason.
-    pub const fn new(endpoint_id: u32, direction: Direction, reason: Reason) -> Self {
+    pub const fn new(endpoint_id: u32, identity: u32, direction: Direction, reason: Reason) -> Self {
         Self {
             endpoint_id,
+            identity,
             direction: direction as u8,
             reason: reason as u8,
             _pad: [0; 2],
@@ -80,13 +327,29 @@ impl CounterValue {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: each type is `#[repr(C)]`, has no padding the compiler adds (sizes are asserted
-    // above and all padding is explicit) and every bit pattern is a valid value.
-    unsafe impl aya::Pod for super::EndpointInfo {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::CounterKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::CounterValue {}
+    // SAFETY (all impls below): each type is `#[repr(C)]`, has no padding the compiler adds
+    // (sizes are asserted above and all padding is explicit) and every bit pattern is a valid
+    // value.
+    macro_rules! pod {
+        ($($t:ty),*) => { $(
+            // SAFETY: see the module comment.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+    pod!(
+        super::IpAddr16,
+        super::EndpointInfo,
+        super::AddrInfo,
+        super::CidrInfo,
+        super::IdentityInfo,
+        super::PolicyKey,
+        super::PolicyValue,
+        super::CtKey,
+        super::CtValue,
+        super::Config,
+        super::CounterKey,
+        super::CounterValue
+    );
 }
 
 #[cfg(test)]
@@ -94,20 +357,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn map_names_fit_the_kernel_limit() {
-        for name in ALL_MAPS {
-            assert!(
-                name.len() <= 15,
-                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
-            );
+    fn map_names_fit_the_kernel_limit_and_are_distinct() {
+        for (i, name) in ALL_MAPS.iter().enumerate() {
+            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+            assert!(!ALL_MAPS[i + 1..].contains(name));
         }
     }
 
     #[test]
-    fn counter_key_layout_is_what_bpftool_shows() {
-        let key = CounterKey::new(7, Direction::Ingress, Reason::UnknownEndpoint);
-        assert_eq!(core::mem::offset_of!(CounterKey, direction), 4);
-        assert_eq!(core::mem::offset_of!(CounterKey, reason), 5);
-        assert_eq!((key.endpoint_id, key.direction, key.reason), (7, 1, 1));
+    fn ipv4_mapped_addresses() {
+        let a = IpAddr16::from_v4([198, 18, 0, 1]);
+        assert!(a.is_v4());
+        assert_eq!(&a.addr[10..], &[0xff, 0xff, 198, 18, 0, 1]);
+        assert!(!IpAddr16::from_v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4());
+    }
+
+    #[test]
+    fn port_ranges() {
+        let mut v = PolicyValue::default();
+        assert!(v.allows_port(1), "count 0 allows every port");
+        v.count = 2;
+        v.ranges[0] = PortRange { first: 80, last: 80 };
+        v.ranges[1] = PortRange { first: 8000, last: 8080 };
+        assert!(v.allows_port(80));
+        assert!(v.allows_port(8000) && v.allows_port(8080) && v.allows_port(8042));
+        assert!(!v.allows_port(81) && !v.allows_port(7999) && !v.allows_port(8081));
+        // Ranges beyond `count` are ignored even when set.
+        v.ranges[2] = PortRange { first: 1, last: 65535 };
+        assert!(!v.allows_port(22));
     }
 }

@@ -10,17 +10,63 @@ pub enum Reason {
     Forwarded = 0,
     /// genie's program runs on an interface that has no endpoint record: fail closed.
     UnknownEndpoint = 1,
+    /// A new flow between two identities that the policy matrix does not allow.
+    Policy = 2,
+    /// An endpoint opened a flow to a node address without `allowHostAccess` or an allowed
+    /// host port.
+    HostAccess = 3,
+    /// An endpoint opened a flow to an address of no known network without `allowExternal`.
+    ExternalEgress = 4,
+    /// An address of no known network opened a flow to an endpoint without
+    /// `allowExternalIngress`.
+    ExternalIngress = 5,
+    /// The source IP (or ARP sender IP) is not one of the endpoint's addresses.
+    SpoofedIp = 6,
+    /// The source MAC (or ARP sender MAC) is not the endpoint's.
+    SpoofedMac = 7,
+    /// An IP fragment: genie drops fragments rather than let a later fragment, which carries
+    /// no ports, pass a port rule (README, "Fragments").
+    Fragment = 8,
+    /// Truncated or malformed headers.
+    Malformed = 9,
+    /// An Ethernet type other than IPv4, IPv6 and ARP.
+    UnsupportedProtocol = 10,
+    /// A tracked connection that a policy change no longer allows (tightening is immediate).
+    Revoked = 11,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 2] = [Reason::Forwarded, Reason::UnknownEndpoint];
+    pub const ALL: [Reason; 12] = [
+        Reason::Forwarded,
+        Reason::UnknownEndpoint,
+        Reason::Policy,
+        Reason::HostAccess,
+        Reason::ExternalEgress,
+        Reason::ExternalIngress,
+        Reason::SpoofedIp,
+        Reason::SpoofedMac,
+        Reason::Fragment,
+        Reason::Malformed,
+        Reason::UnsupportedProtocol,
+        Reason::Revoked,
+    ];
 
     /// The label used in metrics and inspection output.
     pub const fn name(self) -> &'static str {
         match self {
             Reason::Forwarded => "forwarded",
             Reason::UnknownEndpoint => "unknown-endpoint",
+            Reason::Policy => "policy",
+            Reason::HostAccess => "host-access",
+            Reason::ExternalEgress => "external-egress",
+            Reason::ExternalIngress => "external-ingress",
+            Reason::SpoofedIp => "spoofed-ip",
+            Reason::SpoofedMac => "spoofed-mac",
+            Reason::Fragment => "fragment",
+            Reason::Malformed => "malformed",
+            Reason::UnsupportedProtocol => "unsupported-protocol",
+            Reason::Revoked => "revoked",
         }
     }
 
@@ -31,10 +77,10 @@ impl Reason {
 
     /// The reason for a raw counter-key byte, if it names one.
     pub const fn from_u8(raw: u8) -> Option<Reason> {
-        match raw {
-            0 => Some(Reason::Forwarded),
-            1 => Some(Reason::UnknownEndpoint),
-            _ => None,
+        if (raw as usize) < Self::ALL.len() {
+            Some(Self::ALL[raw as usize])
+        } else {
+            None
         }
     }
 }
@@ -88,7 +134,7 @@ mod tests {
         }
         assert_eq!(Reason::from_u8(Reason::ALL.len() as u8), None);
         assert!(!Reason::Forwarded.is_drop());
-        assert!(Reason::UnknownEndpoint.is_drop());
+        assert!(Reason::ALL[1..].iter().all(|r| r.is_drop()));
     }
 
     #[test]

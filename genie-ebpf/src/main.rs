@@ -2,12 +2,15 @@
 #![no_std]
 #![no_main]
 
-mod endpoint;
 mod maps;
 mod metrics;
+mod parse;
+mod verdict;
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
 };
 use genie_common::Direction;
 
@@ -25,8 +28,14 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, direction: Direction) -> i32 {
-    let verdict = endpoint::decide(ctx);
-    metrics::count(verdict.endpoint_id, direction, verdict.reason, ctx.len());
+    let verdict = verdict::decide(ctx, direction);
+    metrics::count(
+        verdict.endpoint.endpoint_id,
+        verdict.endpoint.identity,
+        direction,
+        verdict.reason,
+        ctx.len(),
+    );
     if verdict.reason.is_drop() {
         TC_ACT_SHOT
     } else {

@@ -1,15 +1,47 @@
 //! Every map of the eBPF object. Names, capacities and layouts come from `genie_common::maps`;
 //! the `name` literals must equal the constants there (the agent refuses an object that lacks
-//! one of them).
+//! one of them, and a privileged test dumps each by name).
 
-use aya_ebpf::{btf_maps::HashMap, btf_maps::PerCpuHashMap, macros::btf_map};
-use genie_common::maps::{CounterKey, CounterValue, EndpointInfo, MAX_COUNTERS, MAX_ENDPOINTS};
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    macros::btf_map,
+};
+use genie_common::maps::{
+    AddrInfo, CidrInfo, Config, CounterKey, CounterValue, CtKey, CtValue, EndpointInfo,
+    IdentityInfo, IpAddr16, MAX_ADDRS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS, MAX_ENDPOINTS,
+    MAX_IDENTITIES, MAX_POLICY, PolicyKey, PolicyValue,
+};
 
-/// Endpoint records by interface index (`genie_common::maps::ENDPOINTS_MAP`).
+/// Endpoint records by the interface index the program runs on (`ENDPOINTS_MAP`).
 #[btf_map(name = "genie_endpoints")]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
-/// Per-CPU packet/byte counters (`genie_common::maps::COUNTERS_MAP`).
+/// Exact endpoint and service addresses → identity (`ADDRS_MAP`).
+#[btf_map(name = "genie_addrs")]
+pub static ADDRS: HashMap<IpAddr16, AddrInfo, { MAX_ADDRS as usize }> = HashMap::new();
+
+/// Node addresses and network subnets → identity, longest prefix (`CIDRS_MAP`).
+#[btf_map(name = "genie_cidrs")]
+pub static CIDRS: LpmTrie<IpAddr16, CidrInfo, { MAX_CIDRS as usize }> = LpmTrie::new();
+
+/// Identity → flags and names (`IDENTITIES_MAP`).
+#[btf_map(name = "genie_idents")]
+pub static IDENTITIES: HashMap<u32, IdentityInfo, { MAX_IDENTITIES as usize }> = HashMap::new();
+
+/// The global policy matrix (`POLICY_MAP`).
+#[btf_map(name = "genie_policy")]
+pub static POLICY: HashMap<PolicyKey, PolicyValue, { MAX_POLICY as usize }> = HashMap::new();
+
+/// Connection tracking (`CONNTRACK_MAP`). LRU, so a flood evicts the oldest flows instead of
+/// failing inserts.
+#[btf_map(name = "genie_ct")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue, { MAX_CONNTRACK as usize }> = LruHashMap::new();
+
+/// Node-wide settings, index 0 (`CONFIG_MAP`).
+#[btf_map(name = "genie_config")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Per-CPU packet/byte counters (`COUNTERS_MAP`).
 #[btf_map(name = "genie_counters")]
 pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue, { MAX_COUNTERS as usize }> =
     PerCpuHashMap::new();

@@ -6,8 +6,8 @@ use genie_common::{CounterKey, CounterValue, Direction, Reason};
 use crate::maps::COUNTERS;
 
 #[inline(always)]
-pub fn count(endpoint_id: u32, direction: Direction, reason: Reason, bytes: u32) {
-    let key = CounterKey::new(endpoint_id, direction, reason);
+pub fn count(endpoint_id: u32, identity: u32, direction: Direction, reason: Reason, bytes: u32) {
+    let key = CounterKey::new(endpoint_id, identity, direction, reason);
     let add = CounterValue {
         packets: 1,
         bytes: u64::from(bytes),

@@ -6,10 +6,12 @@
 //! Only 198.18.0.0/15 is used, and nothing is added to the root namespace (DESIGN.md §6).
 
 pub mod names;
+pub mod node;
 pub mod packet;
 pub mod topology;
 pub mod traffic;
 
+pub use node::TestNode;
 pub use topology::{Pod, Topology};
 
 /// Fails the calling test with a clear message unless it runs as root.

@@ -42,7 +42,13 @@ pub fn sweep_dead_runs() {
     }
     for entry in list_dir(BPFFS_ROOT) {
         if owner_pid(&entry).is_some_and(|pid| !is_alive(pid)) {
-            let _ = fs::remove_dir_all(Path::new(BPFFS_ROOT).join(entry));
+            let _ = genie_agent::dataplane::cleanup(&Path::new(BPFFS_ROOT).join(entry));
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for entry in list_dir(&tmp.to_string_lossy()) {
+        if owner_pid(&entry).is_some_and(|pid| !is_alive(pid)) {
+            let _ = fs::remove_dir_all(tmp.join(entry));
         }
     }
 }

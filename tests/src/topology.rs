@@ -1,6 +1,6 @@
 //! Network-namespace topologies: one namespace per node, one per pod, veth pairs between them.
 //!
-//! A node namespace holds a bridge `br0` (the node's address on the pod subnet) and the host
+//! A node namespace holds a bridge `br0` (the node's address on each pod subnet) and the host
 //! side of every pod's veth; each pod namespace holds `eth0`. Neighbour and bridge forwarding
 //! entries are static by default, so the only packets on the wire are the ones a test sends —
 //! counters can then be compared exactly. IPv6 is off unless asked for, for the same reason.
@@ -17,7 +17,7 @@ use crate::names;
 
 /// Subnet the harness's pods live in: the first /24 of 198.18.0.0/15.
 pub const POD_SUBNET_PREFIX: u8 = 24;
-/// The node's address on the pod subnet.
+/// The node's address on pod subnet 0.
 pub const NODE_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const NODE_MAC: [u8; 6] = [0x02, 0x67, 0x00, 0x00, 0x00, 0x01];
 
@@ -110,6 +110,15 @@ pub struct Pod {
     pub mac: [u8; 6],
     /// Name of the host-side veth inside the node namespace.
     pub host_ifname: String,
+    /// The pod's default gateway (the node's address on the pod's subnet).
+    pub gateway: Ipv4Addr,
+}
+
+impl Pod {
+    /// The MAC as `ip` prints it.
+    pub fn mac_string(&self) -> String {
+        mac_string(self.mac)
+    }
 }
 
 /// Formats a MAC the way `ip` wants it.
@@ -124,6 +133,7 @@ pub struct Topology {
     base: String,
     ipv6: bool,
     bpffs: PathBuf,
+    subnets: Vec<u8>,
     // Declared before `node`: pod namespaces go first, then the node.
     pods: Vec<Pod>,
     node: Netns,
@@ -149,19 +159,13 @@ impl Topology {
             "type",
             "bridge",
         ])?;
-        node.ip(&[
-            "addr",
-            "add",
-            &format!("{NODE_IPV4}/{POD_SUBNET_PREFIX}"),
-            "dev",
-            "br0",
-        ])?;
         node.ip(&["link", "set", "br0", "up"])?;
         let bpffs = Path::new(names::BPFFS_ROOT).join(&base);
         Ok(Self {
             base,
             ipv6,
             bpffs,
+            subnets: Vec::new(),
             pods: Vec::new(),
             node,
         })
@@ -196,95 +200,70 @@ impl Topology {
             .unwrap_or_else(|| panic!("no pod labelled {label}"))
     }
 
-    /// Adds a pod with the next address on the pod subnet, and static neighbour and bridge
-    /// forwarding entries between it and everything already there.
+    /// Adds a pod on subnet 0 (198.18.0.0/24); see [`Topology::add_pod_on`].
     pub fn add_pod(&mut self, label: &str) -> Result<&Pod> {
-        let index = u8::try_from(self.pods.len() + 1).context("at most 200 pods per topology")?;
-        if index > 200 {
-            bail!("at most 200 pods per topology");
+        self.add_pod_on(label, 0)
+    }
+
+    /// Adds a pod with the next address on subnet `198.18.<subnet>.0/24`, whose gateway
+    /// `198.18.<subnet>.1` is the node's bridge (pods on different subnets reach each other
+    /// through the node, as on a routed CNI). Neighbour and bridge forwarding entries are
+    /// static between the pod, its same-subnet peers and the node.
+    pub fn add_pod_on(&mut self, label: &str, subnet: u8) -> Result<&Pod> {
+        let index = u8::try_from(self.pods.len() + 1)
+            .ok()
+            .filter(|i| *i <= 200)
+            .context("at most 200 pods per topology")?;
+        let gateway = Ipv4Addr::new(198, 18, subnet, 1);
+        if !self.subnets.contains(&subnet) {
+            self.node.ip(&["addr", "add", &format!("{gateway}/{POD_SUBNET_PREFIX}"), "dev", "br0"])?;
+            if self.subnets.is_empty() {
+                // Routing between pod subnets happens in the node namespace only.
+                self.node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            }
+            self.subnets.push(subnet);
         }
         let netns = Netns::create(format!("{}-{label}", self.base), self.ipv6)?;
         let pod = Pod {
             label: label.to_owned(),
-            ipv4: Ipv4Addr::new(198, 18, 0, 10 + index),
+            ipv4: Ipv4Addr::new(198, 18, subnet, 10 + index),
             mac: [0x02, 0x67, 0x00, 0x00, 0x01, index],
             host_ifname: format!("gv{index}"),
+            gateway,
             netns,
         };
         let mac = mac_string(pod.mac);
         self.node.ip(&[
-            "link",
-            "add",
-            &pod.host_ifname,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "address",
-            &mac,
-            "netns",
-            pod.netns.name(),
+            "link", "add", &pod.host_ifname, "type", "veth", "peer", "name", "eth0", "address",
+            &mac, "netns", pod.netns.name(),
         ])?;
         self.node
             .ip(&["link", "set", &pod.host_ifname, "master", "br0", "up"])?;
         pod.netns.ip(&[
-            "addr",
-            "add",
-            &format!("{}/{POD_SUBNET_PREFIX}", pod.ipv4),
-            "dev",
-            "eth0",
+            "addr", "add", &format!("{}/{POD_SUBNET_PREFIX}", pod.ipv4), "dev", "eth0",
         ])?;
         pod.netns.ip(&["link", "set", "eth0", "up"])?;
         pod.netns
-            .ip(&["route", "add", "default", "via", &NODE_IPV4.to_string()])?;
+            .ip(&["route", "add", "default", "via", &gateway.to_string()])?;
 
         // Static L2 state: no ARP, and the bridge never floods a frame to a third pod.
         run(Command::new("bridge").args([
-            "-netns",
-            self.node.name(),
-            "fdb",
-            "replace",
-            &mac,
-            "dev",
-            &pod.host_ifname,
-            "master",
-            "static",
+            "-netns", self.node.name(), "fdb", "replace", &mac, "dev", &pod.host_ifname,
+            "master", "static",
         ]))?;
         self.node.ip(&[
-            "neigh",
-            "replace",
-            &pod.ipv4.to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            "br0",
-            "nud",
+            "neigh", "replace", &pod.ipv4.to_string(), "lladdr", &mac, "dev", "br0", "nud",
             "permanent",
         ])?;
         pod.netns.ip(&[
-            "neigh",
-            "replace",
-            &NODE_IPV4.to_string(),
-            "lladdr",
-            &mac_string(NODE_MAC),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
+            "neigh", "replace", &gateway.to_string(), "lladdr", &mac_string(NODE_MAC),
+            "dev", "eth0", "nud", "permanent",
         ])?;
-        for other in &self.pods {
+        for other in self.pods.iter().filter(|o| o.gateway == gateway) {
             for (a, b) in [(&pod, other), (other, &pod)] {
                 a.netns.ip(&[
-                    "neigh",
-                    "replace",
-                    &b.ipv4.to_string(),
-                    "lladdr",
-                    &mac_string(b.mac),
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
+                    "neigh", "replace", &b.ipv4.to_string(), "lladdr", &mac_string(b.mac),
+                    "dev", "eth0", "nud", "permanent",
                 ])?;
             }
         }

@@ -1,14 +1,15 @@
-//! The first real program: per-endpoint packet and byte counters on both directions of a pod's
-//! host-side veth, read back from the pinned per-CPU map.
+//! Per-endpoint packet and byte counters on both directions of a pod's host-side veth, read
+//! back from the pinned per-CPU map.
 
 use std::process::Command;
 
-use genie_agent::dataplane::{
-    self, CounterRow, Dataplane, EndpointAttachment, FROM_ENDPOINT_PROGRAM, read_counters,
+use genie_agent::{
+    agent::Agent,
+    dataplane::{self, CounterRow, FROM_ENDPOINT_PROGRAM, read_counters},
 };
 use genie_common::{CounterValue, Direction, Reason, maps::ALL_MAPS};
 use genie_tests::{
-    Topology, names,
+    TestNode, Topology, names,
     packet::{self, TC_ACT_OK, TC_ACT_SHOT},
     traffic,
 };
@@ -16,128 +17,102 @@ use genie_tests::{
 /// Ethernet (14) + IPv4 (20) + UDP (8) headers around each payload.
 const UDP_OVERHEAD: u64 = 14 + 20 + 8;
 
-fn counter(
-    rows: &[CounterRow],
-    endpoint_id: u32,
-    direction: Direction,
-    reason: Reason,
-) -> CounterValue {
+/// One tenant; the pods use its default network. The two logical networks are unused by the
+/// pods and only give the policy map an entry to dump.
+const ONE_TENANT: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: demo}
+spec: {namespaces: [demo]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: front}
+spec:
+  tenant: demo
+  subnet: 198.18.100.0/24
+  isolation:
+    peers: [{network: back, ports: [{protocol: TCP, port: 5432}]}]
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: back}
+spec: {tenant: demo, subnet: 198.18.101.0/24}
+";
+
+fn counter(rows: &[CounterRow], endpoint_id: u32, direction: Direction, reason: Reason) -> CounterValue {
     rows.iter()
         .filter(|r| r.endpoint_id == endpoint_id && r.direction == direction && r.reason == reason)
         .fold(CounterValue::default(), |acc, r| acc.add(r.value))
 }
 
-/// A node with two pods whose host-side veths carry genie's programs.
-fn two_attached_pods() -> (Topology, Dataplane) {
+/// A node with two pods of one tenant on the default network, under an in-process agent.
+fn two_pods() -> (TestNode, Agent) {
     let mut topo = Topology::new().unwrap();
     topo.add_pod("a").unwrap();
     topo.add_pod("b").unwrap();
-    let mut dp = Dataplane::load(topo.bpffs()).unwrap();
-    for (id, pod) in (1..).zip(topo.pods()) {
-        dp.attach_endpoint(&EndpointAttachment {
-            netns: topo.node().path(),
-            ifname: pod.host_ifname.clone(),
-            endpoint_id: id,
-        })
-        .unwrap();
+    let node = TestNode::new(topo, ONE_TENANT).unwrap();
+    let mut agent = node.agent_in_process().unwrap();
+    for label in ["a", "b"] {
+        let request = node.endpoint_request(node.topo.pod(label), "demo", "default");
+        agent.add_endpoint(request).unwrap();
     }
-    (topo, dp)
+    (node, agent)
 }
 
 #[test]
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn counts_exactly_the_packets_sent_between_two_pods() {
-    let (topo, dp) = two_attached_pods();
-    let (a, b) = (topo.pod("a"), topo.pod("b"));
+    let (node, _agent) = two_pods();
+    let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
     const SENT: usize = 100;
     const PAYLOAD: usize = 64;
 
     let delivered = traffic::udp(a, b, 7000, SENT, PAYLOAD).unwrap();
     assert_eq!(delivered, SENT, "every datagram arrives");
 
-    let rows = read_counters(dp.bpffs()).unwrap();
+    let rows = read_counters(node.bpffs()).unwrap();
     let bytes = SENT as u64 * (UDP_OVERHEAD + PAYLOAD as u64);
-    let expected = CounterValue {
-        packets: SENT as u64,
-        bytes,
-    };
-    assert_eq!(
-        counter(&rows, 1, Direction::Egress, Reason::Forwarded),
-        expected,
-        "a sent: {rows:?}"
-    );
-    assert_eq!(
-        counter(&rows, 2, Direction::Ingress, Reason::Forwarded),
-        expected,
-        "b received: {rows:?}"
-    );
+    let expected = CounterValue { packets: SENT as u64, bytes };
+    assert_eq!(counter(&rows, 1, Direction::Egress, Reason::Forwarded), expected, "a sent: {rows:?}");
+    assert_eq!(counter(&rows, 2, Direction::Ingress, Reason::Forwarded), expected, "b received: {rows:?}");
     // Nothing else crossed the wire: static neighbours, no IPv6, UDP has no replies.
-    assert_eq!(
-        counter(&rows, 1, Direction::Ingress, Reason::Forwarded),
-        CounterValue::default()
-    );
-    assert_eq!(
-        counter(&rows, 2, Direction::Egress, Reason::Forwarded),
-        CounterValue::default()
-    );
+    assert_eq!(counter(&rows, 1, Direction::Ingress, Reason::Forwarded), CounterValue::default());
+    assert_eq!(counter(&rows, 2, Direction::Egress, Reason::Forwarded), CounterValue::default());
 
-    // Replies count in the other direction: 5 pings are 5 requests and 5 replies each way.
+    // Replies count in the other direction: 5 pings are 5 requests and 5 replies.
     assert_eq!(traffic::ping(a, b.ipv4, 5).unwrap(), 5);
-    let rows = read_counters(dp.bpffs()).unwrap();
-    assert_eq!(
-        counter(&rows, 1, Direction::Egress, Reason::Forwarded).packets,
-        SENT as u64 + 5
-    );
-    assert_eq!(
-        counter(&rows, 2, Direction::Egress, Reason::Forwarded).packets,
-        5
-    );
-    assert_eq!(
-        counter(&rows, 1, Direction::Ingress, Reason::Forwarded).packets,
-        5
-    );
+    let rows = read_counters(node.bpffs()).unwrap();
+    assert_eq!(counter(&rows, 1, Direction::Egress, Reason::Forwarded).packets, SENT as u64 + 5);
+    assert_eq!(counter(&rows, 2, Direction::Egress, Reason::Forwarded).packets, 5);
+    assert_eq!(counter(&rows, 1, Direction::Ingress, Reason::Forwarded).packets, 5);
 }
 
 #[test]
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn counters_stay_at_zero_without_the_program() {
-    // The negative control for the test above: with the links removed, the same traffic is
-    // delivered and the map records nothing — so the count above comes from the program.
-    let (topo, mut dp) = two_attached_pods();
-    for (id, pod) in (1..).zip(topo.pods()) {
-        dp.detach_endpoint(&EndpointAttachment {
-            netns: topo.node().path(),
-            ifname: pod.host_ifname.clone(),
-            endpoint_id: id,
-        })
-        .unwrap();
+    // The negative control for the test above: with the endpoints removed (programs detached),
+    // the same traffic is delivered and the map records nothing — so the count above comes
+    // from the program.
+    let (node, mut agent) = two_pods();
+    for label in ["a", "b"] {
+        agent.remove_endpoint("demo", label, "eth0").unwrap();
     }
-    let (a, b) = (topo.pod("a"), topo.pod("b"));
+    let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
     assert_eq!(traffic::udp(a, b, 7001, 50, 64).unwrap(), 50);
-    let rows = read_counters(dp.bpffs()).unwrap();
-    assert!(
-        rows.iter().all(|r| r.value.packets == 0),
-        "counted without a program: {rows:?}"
-    );
+    let rows = read_counters(node.bpffs()).unwrap();
+    assert!(rows.iter().all(|r| r.value.packets == 0), "counted without a program: {rows:?}");
 }
 
 #[test]
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn tcp_flows_are_counted_both_ways() {
-    let (topo, dp) = two_attached_pods();
-    assert!(traffic::tcp_echo(topo.pod("a"), topo.pod("b"), 7100).unwrap());
-    let rows = read_counters(dp.bpffs()).unwrap();
+    let (node, _agent) = two_pods();
+    assert!(traffic::tcp_echo(node.topo.pod("a"), node.topo.pod("b"), 7100).unwrap());
+    let rows = read_counters(node.bpffs()).unwrap();
     // SYN, ACK, data, FIN… at least three each way; the exact number depends on the stack.
-    for (id, dir) in [
-        (1, Direction::Egress),
-        (2, Direction::Ingress),
-        (2, Direction::Egress),
-        (1, Direction::Ingress),
-    ] {
-        assert!(
-            counter(&rows, id, dir, Reason::Forwarded).packets >= 3,
-            "{id} {dir:?}: {rows:?}"
-        );
+    for (id, dir) in [(1, Direction::Egress), (2, Direction::Ingress), (2, Direction::Egress), (1, Direction::Ingress)] {
+        assert!(counter(&rows, id, dir, Reason::Forwarded).packets >= 3, "{id} {dir:?}: {rows:?}");
     }
     assert_eq!(
         counter(&rows, 1, Direction::Egress, Reason::Forwarded),
@@ -149,72 +124,49 @@ fn tcp_flows_are_counted_both_ways() {
 #[test]
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn crafted_packets_through_prog_test_run() {
-    let (topo, dp) = two_attached_pods();
-    let (a, b) = (topo.pod("a"), topo.pod("b"));
+    let (node, agent) = two_pods();
+    let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
     let frame = packet::ipv4_udp(a.mac, b.mac, a.ipv4, b.ipv4, 1234, 53, &[0u8; 18]);
-    let program = dp.program(FROM_ENDPOINT_PROGRAM).unwrap();
-    let node = topo.node().path();
+    let program = agent.dataplane().program(FROM_ENDPOINT_PROGRAM).unwrap();
+    let netns = node.topo.node().path();
 
-    let a_ifindex = dataplane::interface_index(&node, &a.host_ifname).unwrap();
-    let result = packet::run_tc(program, &node, a_ifindex, &frame, 10).unwrap();
+    let a_ifindex = dataplane::interface_index(&netns, &a.host_ifname).unwrap();
+    let result = packet::run_tc(program, &netns, a_ifindex, &frame, 10).unwrap();
     assert_eq!(result.return_value, TC_ACT_OK);
 
     // br0 has no endpoint record: genie's program fails closed there.
-    let br0 = dataplane::interface_index(&node, "br0").unwrap();
-    let result = packet::run_tc(program, &node, br0, &frame, 3).unwrap();
+    let br0 = dataplane::interface_index(&netns, "br0").unwrap();
+    let result = packet::run_tc(program, &netns, br0, &frame, 3).unwrap();
     assert_eq!(result.return_value, TC_ACT_SHOT);
 
-    let rows = read_counters(dp.bpffs()).unwrap();
+    let rows = read_counters(node.bpffs()).unwrap();
     let len = frame.len() as u64;
-    assert_eq!(
-        counter(&rows, 1, Direction::Egress, Reason::Forwarded),
-        CounterValue {
-            packets: 10,
-            bytes: 10 * len
-        }
-    );
-    assert_eq!(
-        counter(&rows, 0, Direction::Egress, Reason::UnknownEndpoint),
-        CounterValue {
-            packets: 3,
-            bytes: 3 * len
-        }
-    );
+    assert_eq!(counter(&rows, 1, Direction::Egress, Reason::Forwarded), CounterValue { packets: 10, bytes: 10 * len });
+    assert_eq!(counter(&rows, 0, Direction::Egress, Reason::UnknownEndpoint), CounterValue { packets: 3, bytes: 3 * len });
 }
 
 #[test]
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn bpftool_prints_named_fields_of_every_map() {
-    let (topo, dp) = two_attached_pods();
-    traffic::udp(topo.pod("a"), topo.pod("b"), 7200, 3, 10).unwrap();
+    let (node, _agent) = two_pods();
+    assert!(traffic::tcp_echo(node.topo.pod("a"), node.topo.pod("b"), 7200).unwrap());
     for map in ALL_MAPS {
-        let out = Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(dp.bpffs().join(map))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bpftool failed on {map}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(node.bpffs().join(map)).output().unwrap();
+        assert!(out.status.success(), "bpftool failed on {map}: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         let fields: &[&str] = match map {
-            "genie_endpoints" => &["\"endpoint_id\": 1", "\"identity\""],
-            "genie_counters" => &[
-                "\"endpoint_id\"",
-                "\"direction\"",
-                "\"reason\"",
-                "\"packets\": 3",
-                "\"bytes\"",
-            ],
+            "genie_endpoints" => &["\"endpoint_id\": 1", "\"identity\"", "\"mac\""],
+            "genie_addrs" => &["\"addr\"", "\"identity\"", "\"endpoint_id\": 2"],
+            "genie_cidrs" => &["\"prefix_len\"", "\"identity\": 1"],
+            "genie_idents" => &["\"flags\"", "\"tenant\"", "\"network\""],
+            "genie_policy" => &["\"src_identity\"", "\"protocol\": 6", "\"first\": 5432"],
+            "genie_ct" => &["\"addr_lo\"", "\"port_hi\"", "\"last_seen_ns\"", "\"epoch\""],
+            "genie_config" => &["\"policy_epoch\""],
+            "genie_counters" => &["\"endpoint_id\"", "\"direction\"", "\"reason\"", "\"packets\"", "\"bytes\""],
             other => panic!("no expectation for map {other}"),
         };
         for field in fields {
-            assert!(
-                text.contains(field),
-                "bpftool dump of {map} lacks {field}:\n{text}"
-            );
+            assert!(text.contains(field), "bpftool dump of {map} lacks {field}:\n{text}");
         }
     }
 }
@@ -223,24 +175,18 @@ fn bpftool_prints_named_fields_of_every_map() {
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn a_test_that_panics_midway_leaves_nothing_behind() {
     let before = names::leftovers_of_this_process();
+    /// The payload of the deliberate panic, so an accidental one cannot pass for it.
+    struct Midway(String);
     let created = std::panic::catch_unwind(|| {
-        let (topo, _dp) = two_attached_pods();
-        let base = topo.base().to_owned();
-        assert!(
-            !names::leftovers_of_this_process().is_empty(),
-            "the topology exists while the test runs"
-        );
-        std::panic::panic_any(base);
+        let (node, _agent) = two_pods();
+        let base = node.topo.base().to_owned();
+        assert!(!names::leftovers_of_this_process().is_empty(), "the topology exists while the test runs");
+        std::panic::panic_any(Midway(base));
     })
     .expect_err("the closure panics");
-    let base = created
-        .downcast_ref::<String>()
-        .expect("panic payload is the base name");
+    let Midway(base) = created.downcast_ref::<Midway>().expect("the deliberate panic, not another one");
     let after = names::leftovers_of_this_process();
     assert_eq!(after, before, "left behind by {base}: {after:?}");
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains("gv1"),
-        "no veth leaked into the root namespace"
-    );
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("gv1"), "no veth leaked into the root namespace");
 }

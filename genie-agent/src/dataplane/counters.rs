@@ -11,6 +11,7 @@ use super::DataplaneError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterRow {
     pub endpoint_id: u32,
+    pub identity: u32,
     pub direction: Direction,
     pub reason: Reason,
     pub value: CounterValue,
@@ -50,6 +51,7 @@ pub fn read_counters(bpffs: &Path) -> Result<Vec<CounterRow>, DataplaneError> {
         .filter_map(|(key, value)| {
             Some(CounterRow {
                 endpoint_id: key.endpoint_id,
+                identity: key.identity,
                 direction: Direction::from_u8(key.direction)?,
                 reason: Reason::from_u8(key.reason)?,
                 value,

@@ -9,6 +9,7 @@
 pub mod bpffs;
 mod counters;
 mod error;
+pub mod maps;
 mod sys;
 
 use std::{
@@ -18,7 +19,6 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
@@ -28,6 +28,7 @@ use aya::{
 };
 pub use counters::{CounterRow, read_counters};
 pub use error::DataplaneError;
+pub use maps::{ApplyStats, PinnedMaps};
 use genie_common::{
     Direction, EndpointInfo,
     maps::{ALL_MAPS, ENDPOINTS_MAP},
@@ -123,17 +124,36 @@ impl Dataplane {
             })
     }
 
-    /// Writes the endpoint record, then attaches both programs to the interface. The record
-    /// goes first: a program that finds no record drops (fail closed), so the order never
-    /// opens a window.
+    /// Attaches both programs to `ifname` inside `netns` with pinned TCX links named after
+    /// `endpoint_id`, or swaps the program inside links that are already pinned (an agent
+    /// restart): the interface is never without genie's program. Returns the interface index.
+    ///
+    /// The endpoint record must be in the maps first (see [`PinnedMaps::apply`]); until it is,
+    /// the programs drop everything on the interface.
+    pub fn attach(&mut self, netns: &Path, ifname: &str, endpoint_id: u32) -> Result<u32, DataplaneError> {
+        let ifindex = interface_index(netns, ifname)?;
+        let ep = EndpointAttachment {
+            netns: netns.to_owned(),
+            ifname: ifname.to_owned(),
+            endpoint_id,
+        };
+        for direction in Direction::ALL {
+            self.attach_direction(&ep, direction)?;
+        }
+        Ok(ifindex)
+    }
+
+    /// Registers `ep` with the minimal record (no identity, no addresses) and attaches: the
+    /// counting-only setup the foundation tests and the early demo use.
     pub fn attach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<u32, DataplaneError> {
         let ifindex = interface_index(&ep.netns, &ep.ifname)?;
-        self.endpoints_map()?
+        let mut maps = PinnedMaps::open(&self.bpffs)?;
+        maps.endpoints
             .insert(
                 ifindex,
                 EndpointInfo {
                     endpoint_id: ep.endpoint_id,
-                    identity: 0,
+                    ..EndpointInfo::default()
                 },
                 0,
             )
@@ -141,10 +161,7 @@ impl Dataplane {
                 name: ENDPOINTS_MAP,
                 source,
             })?;
-        for direction in Direction::ALL {
-            self.attach_direction(ep, direction)?;
-        }
-        Ok(ifindex)
+        self.attach(&ep.netns, &ep.ifname, ep.endpoint_id)
     }
 
     fn attach_direction(
@@ -207,15 +224,20 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Detaches both programs (by removing the pinned links) and deletes the endpoint record.
-    /// Missing pieces are not an error: detaching is idempotent.
-    pub fn detach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<(), DataplaneError> {
+    /// Detaches both programs of an endpoint now and removes their pins. Idempotent.
+    pub fn detach(&mut self, endpoint_id: u32) -> Result<(), DataplaneError> {
         for direction in Direction::ALL {
-            detach_pinned_link(&link_pin_path(&self.bpffs, ep.endpoint_id, direction))?;
+            detach_pinned_link(&link_pin_path(&self.bpffs, endpoint_id, direction))?;
         }
+        Ok(())
+    }
+
+    /// Detaches an endpoint set up with [`Dataplane::attach_endpoint`] and removes its record.
+    pub fn detach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<(), DataplaneError> {
+        self.detach(ep.endpoint_id)?;
         if let Ok(ifindex) = interface_index(&ep.netns, &ep.ifname) {
-            let mut map = self.endpoints_map()?;
-            match map.remove(&ifindex) {
+            let mut maps = PinnedMaps::open(&self.bpffs)?;
+            match maps.endpoints.remove(&ifindex) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => {
                     return Err(DataplaneError::Map {
@@ -228,22 +250,22 @@ impl Dataplane {
         Ok(())
     }
 
-    fn endpoints_map(
-        &mut self,
-    ) -> Result<HashMap<&mut MapData, u32, EndpointInfo>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(ENDPOINTS_MAP)
-            .ok_or(DataplaneError::MissingMap {
-                name: ENDPOINTS_MAP,
-            })?;
-        HashMap::try_from(map).map_err(|source| DataplaneError::Map {
-            name: ENDPOINTS_MAP,
-            source,
-        })
+    /// The endpoint ids that have pinned links.
+    pub fn attached_endpoint_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = fs::read_dir(self.bpffs.join(LINKS_DIR))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("ep")?.split('_').next()?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
-
 fn classifier_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
@@ -307,9 +329,13 @@ fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
     }
 }
 
-/// Removes everything genie pinned under `bpffs`: unpinning the links detaches the programs
-/// (no process holds them), unpinning the maps frees them. Idempotent.
+/// Removes everything genie pinned under `bpffs`: detaches every pinned link first (so no
+/// program lingers until the kernel's deferred release), then unpins the maps. Idempotent.
 pub fn cleanup(bpffs: &Path) -> Result<(), DataplaneError> {
+    let links = bpffs.join(LINKS_DIR);
+    for entry in fs::read_dir(&links).into_iter().flatten().flatten() {
+        detach_pinned_link(&entry.path())?;
+    }
     match fs::remove_dir_all(bpffs) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),

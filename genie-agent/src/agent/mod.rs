@@ -1,0 +1,366 @@
+//! The agent: owns the node's dataplane, the endpoint registry and the last valid model, and
+//! keeps the maps equal to what they say.
+
+mod node;
+pub mod server;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::{ApplyStats, Dataplane, DataplaneError, PinnedMaps},
+    endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
+    model::{self, Model, ModelError, check_name},
+    reconcile::{NodeInfo, desired_state},
+};
+
+/// How the agent runs on this node.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Directory of `*.yaml` objects.
+    pub config_dir: PathBuf,
+    /// The node's network namespace (where host-side interfaces live).
+    pub netns: PathBuf,
+    /// bpffs directory for pins.
+    pub bpffs: PathBuf,
+    /// Directory for the endpoint registry.
+    pub state_dir: PathBuf,
+    /// Unix socket of the local API.
+    pub socket: PathBuf,
+    /// Extra CIDRs that count as HOST (other nodes' addresses in file mode).
+    pub host_cidrs: Vec<IpNet>,
+    /// Cluster DNS service addresses.
+    pub dns: Vec<IpAddr>,
+}
+
+/// Errors of the agent subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("endpoint registry in {path}: {source}")]
+    Registry {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A request that cannot be granted; nothing was changed.
+    #[error("{field}: {message}")]
+    Refused { field: String, message: String },
+    /// The agent has no valid configuration yet.
+    #[error("the agent has no valid configuration yet: {0}")]
+    NotReady(String),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+}
+
+impl AgentError {
+    fn refused(field: &str, message: impl Into<String>) -> Self {
+        Self::Refused {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub ready: bool,
+    pub config_error: Option<String>,
+    pub endpoints: usize,
+    pub policy_epoch: u32,
+    pub reconciles: u64,
+}
+
+/// The node agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    dataplane: Dataplane,
+    maps: PinnedMaps,
+    registry: Registry,
+    model: Option<Model>,
+    config_error: Option<String>,
+    reconciles: u64,
+}
+
+impl Agent {
+    /// Loads (or adopts) the pinned dataplane, re-attaches the registered endpoints (swapping
+    /// the program inside their pinned links, so there is no gap) and reads the configuration.
+    /// With an invalid configuration the pinned maps are left exactly as they are.
+    pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let dataplane = Dataplane::load(&config.bpffs)?;
+        let maps = PinnedMaps::open(&config.bpffs)?;
+        let registry = Registry::open(&config.state_dir).map_err(|source| AgentError::Registry {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let mut agent = Self {
+            config,
+            dataplane,
+            maps,
+            registry,
+            model: None,
+            config_error: None,
+            reconciles: 0,
+        };
+        agent.readopt_endpoints()?;
+        agent.reload_config();
+        Ok(agent)
+    }
+
+    /// Swaps the new program into every registered endpoint's links; forgets endpoints whose
+    /// interface is gone (their pod was deleted while the agent was down).
+    fn readopt_endpoints(&mut self) -> Result<(), AgentError> {
+        let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
+        for ep in endpoints {
+            match self
+                .dataplane
+                .attach(&ep.request.netns, &ep.request.host_interface, ep.id)
+            {
+                Ok(ifindex) if ifindex == ep.ifindex => {}
+                Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
+                    warn!(endpoint = ep.id, pod = %ep.request.pod, "interface is gone or was replaced; forgetting the endpoint");
+                    self.dataplane.detach(ep.id)?;
+                    self.registry.remove(ep.id).map_err(|source| AgentError::Registry {
+                        path: self.config.state_dir.clone(),
+                        source,
+                    })?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Links whose endpoint is not registered belong to nobody: detach them.
+        for id in self.dataplane.attached_endpoint_ids() {
+            if self.registry.get(id).is_none() {
+                warn!(endpoint = id, "detaching links of an unregistered endpoint");
+                self.dataplane.detach(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the configuration directory; applies it if valid, otherwise keeps the last valid
+    /// state enforced and records the error. Returns whether the maps changed.
+    pub fn reload_config(&mut self) -> bool {
+        match model::load_dir(&self.config.config_dir) {
+            Ok(model) => {
+                self.config_error = None;
+                self.model = Some(model);
+                match self.reconcile() {
+                    Ok(stats) => stats.written + stats.deleted > 0,
+                    Err(e) => {
+                        warn!(error = %e, "reconcile failed");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.config_error.as_deref() != Some(text.as_str()) {
+                    warn!(error = %text, "configuration rejected; the last valid state stays enforced");
+                }
+                self.config_error = Some(text);
+                false
+            }
+        }
+    }
+
+    /// Writes the desired state into the maps (only the difference).
+    pub fn reconcile(&mut self) -> Result<ApplyStats, AgentError> {
+        let Some(model) = &self.model else {
+            return Err(AgentError::NotReady(
+                self.config_error.clone().unwrap_or_default(),
+            ));
+        };
+        let started = Instant::now();
+        let node = NodeInfo {
+            host_addresses: node::node_addresses(&self.config.netns)?,
+            host_cidrs: self.config.host_cidrs.clone(),
+            dns_addresses: self.config.dns.clone(),
+        };
+        let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
+        let desired = desired_state(model, &endpoints, &node);
+        let stats = self.maps.apply(&desired)?;
+        let registry = &self.registry;
+        self.maps.prune_counters(&|id| registry.get(id).is_some())?;
+        self.reconciles += 1;
+        if stats.written + stats.deleted > 0 {
+            info!(
+                written = stats.written,
+                deleted = stats.deleted,
+                micros = started.elapsed().as_micros() as u64,
+                "maps reconciled"
+            );
+        }
+        Ok(stats)
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        Status {
+            ready: self.model.is_some(),
+            config_error: self.config_error.clone(),
+            endpoints: self.registry.all().count(),
+            policy_epoch: self.maps.epoch().unwrap_or(0),
+            reconciles: self.reconciles,
+        }
+    }
+
+    /// The registered endpoints.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.registry.all().cloned().collect()
+    }
+
+    /// Registers an endpoint and puts it under genie's programs. The maps get the endpoint's
+    /// record and addresses first, then the programs are attached; on any failure everything
+    /// done so far is undone.
+    pub fn add_endpoint(&mut self, request: EndpointRequest) -> Result<Endpoint, AgentError> {
+        let Some(model) = &self.model else {
+            return Err(AgentError::NotReady(self.config_error.clone().unwrap_or_default()));
+        };
+        check_name(&request.namespace).map_err(|m| AgentError::refused("namespace", m))?;
+        if request.pod.is_empty() {
+            return Err(AgentError::refused("pod", "must not be empty"));
+        }
+        validate_ifname(&request.interface).map_err(|m| AgentError::refused("interface", m))?;
+        validate_ifname(&request.host_interface).map_err(|m| AgentError::refused("hostInterface", m))?;
+        if let Some(mac) = &request.mac {
+            parse_mac(mac).map_err(|m| AgentError::refused("mac", m))?;
+        }
+        if request.ips.is_empty() {
+            return Err(AgentError::refused("ips", "an endpoint needs at least one address"));
+        }
+        let identity = model
+            .identity_for(&request.namespace, &request.network)
+            .map_err(|m| AgentError::refused("network", m))?;
+        if let Some(existing) = self.registry.find(&request.namespace, &request.pod, &request.interface) {
+            return Err(AgentError::refused(
+                "interface",
+                format!("{}/{} already has interface {} (endpoint {})", request.namespace, request.pod, request.interface, existing.id),
+            ));
+        }
+        for ip in &request.ips {
+            if let Some(owner) = self.registry.all().find(|e| e.request.ips.contains(ip)) {
+                return Err(AgentError::refused(
+                    "ips",
+                    format!("{ip} already belongs to {}/{} {}", owner.request.namespace, owner.request.pod, owner.request.interface),
+                ));
+            }
+        }
+        if let Some(tenant) = model.namespace_tenant.get(&request.namespace)
+            && let Some(quota) = model.tenants[tenant].quota_endpoints
+        {
+            let used = self
+                .registry
+                .all()
+                .filter(|e| model.namespace_tenant.get(&e.request.namespace) == Some(tenant))
+                .count();
+            if used >= quota as usize {
+                return Err(AgentError::refused(
+                    "namespace",
+                    format!("tenant {tenant:?} has reached its quota of {quota} endpoints"),
+                ));
+            }
+        }
+        let ifindex = crate::dataplane::interface_index(&request.netns, &request.host_interface)?;
+        let endpoint = Endpoint {
+            id: self.registry.next_id(),
+            request,
+            ifindex,
+        };
+        self.registry
+            .insert(endpoint.clone())
+            .map_err(|source| AgentError::Registry {
+                path: self.config.state_dir.clone(),
+                source,
+            })?;
+        let result = self.reconcile().and_then(|_| {
+            self.dataplane
+                .attach(&endpoint.request.netns, &endpoint.request.host_interface, endpoint.id)
+                .map_err(AgentError::from)
+        });
+        if let Err(e) = result {
+            let _ = self.dataplane.detach(endpoint.id);
+            let _ = self.registry.remove(endpoint.id);
+            let _ = self.reconcile();
+            return Err(e);
+        }
+        info!(endpoint = endpoint.id, identity, pod = %endpoint.request.pod, namespace = %endpoint.request.namespace, interface = %endpoint.request.interface, "endpoint attached");
+        Ok(endpoint)
+    }
+
+    /// Detaches and forgets an endpoint. Removing one that does not exist succeeds.
+    pub fn remove_endpoint(&mut self, namespace: &str, pod: &str, interface: &str) -> Result<Option<Endpoint>, AgentError> {
+        let Some(endpoint) = self.registry.find(namespace, pod, interface).cloned() else {
+            return Ok(None);
+        };
+        self.dataplane.detach(endpoint.id)?;
+        self.registry.remove(endpoint.id).map_err(|source| AgentError::Registry {
+            path: self.config.state_dir.clone(),
+            source,
+        })?;
+        if self.model.is_some() {
+            self.reconcile()?;
+        }
+        info!(endpoint = endpoint.id, pod = %pod, namespace = %namespace, interface = %interface, "endpoint removed");
+        Ok(Some(endpoint))
+    }
+
+    /// The loaded dataplane (tests run its programs through `BPF_PROG_TEST_RUN`).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// The pinned maps.
+    pub fn maps(&self) -> &PinnedMaps {
+        &self.maps
+    }
+
+    /// The configuration directory.
+    pub fn config_dir(&self) -> &Path {
+        &self.config.config_dir
+    }
+}
+
+/// Interface names as the kernel accepts them (CNI spec: 1–15 characters, no `/`, `:` or
+/// whitespace).
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} must be 1 to 15 characters"));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(format!("{name:?} contains '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
+/// Removes everything genie put on a node: detaches every pinned link, unpins every map,
+/// removes the registry and the socket.
+pub fn cleanup(bpffs: &Path, state_dir: &Path, socket: &Path) -> Result<(), AgentError> {
+    crate::dataplane::cleanup(bpffs)?;
+    for path in [state_dir.join("endpoints.json"), socket.to_owned()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(AgentError::Registry {
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(state_dir);
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Serving the agent: the local API socket and the configuration-directory watcher.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tracing::{debug, warn};
+
+use super::{Agent, AgentError};
+use crate::api::{Request, Response};
+
+/// How often the configuration directory is checked for changes.
+pub const CONFIG_POLL: Duration = Duration::from_millis(250);
+/// How often the maps are reconciled even without a change (node addresses, repairs).
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// A cheap fingerprint of a directory's `*.yaml` files: names, sizes and modification times.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().ok()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Serves the API on `socket` and watches the configuration directory until the process
+/// ends. The agent's enforcement does not depend on this process: it is pinned.
+pub fn serve(agent: Agent, socket: &Path) -> Result<(), AgentError> {
+    let config_dir = agent.config_dir().to_owned();
+    let agent = Arc::new(Mutex::new(agent));
+
+    {
+        let agent = Arc::clone(&agent);
+        thread::Builder::new()
+            .name("config-watch".to_owned())
+            .spawn(move || watch(&agent, &config_dir))
+            .map_err(|source| AgentError::Registry {
+                path: PathBuf::from("config-watch thread"),
+                source,
+            })?;
+    }
+
+    if let Some(dir) = socket.parent() {
+        fs::create_dir_all(dir).map_err(|source| AgentError::Registry {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    // A socket file left by a killed agent refuses connections; replace it.
+    let _ = fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|source| AgentError::Registry {
+        path: socket.to_owned(),
+        source,
+    })?;
+    // Registering endpoints changes isolation: root only.
+    let _ = fs::set_permissions(socket, fs::Permissions::from_mode(0o600));
+    tracing::info!(socket = %socket.display(), "API listening");
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let agent = Arc::clone(&agent);
+                let _ = thread::Builder::new()
+                    .name("api".to_owned())
+                    .spawn(move || handle_connection(&agent, stream));
+            }
+            Err(e) => warn!(error = %e, "accepting an API connection failed"),
+        }
+    }
+    Ok(())
+}
+
+fn watch(agent: &Mutex<Agent>, dir: &Path) {
+    let mut last = fingerprint(dir);
+    let mut last_resync = Instant::now();
+    loop {
+        thread::sleep(CONFIG_POLL);
+        let now = fingerprint(dir);
+        let changed = now != last;
+        if changed || last_resync.elapsed() >= RESYNC {
+            let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+            if changed {
+                debug!("configuration directory changed");
+                agent.reload_config();
+            } else if let Err(e) = agent.reconcile() {
+                debug!(error = %e, "periodic reconcile skipped");
+            }
+            last = now;
+            last_resync = Instant::now();
+        }
+    }
+}
+
+fn handle_connection(agent: &Mutex<Agent>, stream: UnixStream) {
+    let Ok(write_half) = stream.try_clone() else { return };
+    let mut writer = write_half;
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+                respond(&mut agent, request)
+            }
+            Err(e) => Response::error("bad-request", "", format!("cannot decode the request: {e}")),
+        };
+        let Ok(mut bytes) = serde_json::to_vec(&response) else { return };
+        bytes.push(b'\n');
+        if writer.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
+
+fn respond(agent: &mut Agent, request: Request) -> Response {
+    match request {
+        Request::Status => Response {
+            status: Some(agent.status()),
+            ..Response::ok()
+        },
+        Request::Endpoints => Response {
+            endpoints: Some(agent.endpoints()),
+            ..Response::ok()
+        },
+        Request::AddEndpoint { endpoint } => match agent.add_endpoint(endpoint) {
+            Ok(endpoint) => Response {
+                endpoint: Some(endpoint),
+                ..Response::ok()
+            },
+            Err(e) => error_response(e),
+        },
+        Request::RemoveEndpoint {
+            namespace,
+            pod,
+            interface,
+        } => match agent.remove_endpoint(&namespace, &pod, &interface) {
+            Ok(endpoint) => Response {
+                endpoint,
+                ..Response::ok()
+            },
+            Err(e) => error_response(e),
+        },
+    }
+}
+
+fn error_response(e: AgentError) -> Response {
+    match e {
+        AgentError::Refused { field, message } => Response::error("refused", &field, message),
+        AgentError::NotReady(m) => Response::error("not-ready", "", m),
+        other => Response::error("internal", "", other.to_string()),
+    }
+}

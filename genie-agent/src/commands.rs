@@ -1,0 +1,318 @@
+//! The `genie` command line.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use genie_agent::{
+    DEFAULT_BPFFS_DIR,
+    agent::{self, Agent, AgentConfig},
+    api::{self, DEFAULT_SOCKET, Request},
+    cli::table,
+    endpoint::EndpointRequest,
+    inspect,
+};
+use ipnet::IpNet;
+
+/// Default state directory (endpoint registry).
+const DEFAULT_STATE_DIR: &str = "/var/lib/genie";
+/// Default configuration directory in file mode.
+const DEFAULT_CONFIG_DIR: &str = "/etc/genie/objects";
+
+#[derive(Debug, Parser)]
+#[command(name = "genie", version, about = "genie: multi-network tenant isolation for pods, in eBPF")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent (file mode: objects from a directory of YAML files).
+    Agent(AgentArgs),
+    /// Register, remove or list endpoints through the running agent's API.
+    Endpoint {
+        #[command(subcommand)]
+        what: EndpointCommand,
+        /// The agent's API socket.
+        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Show what is enforced on this node, from the pinned maps (works while the agent is
+    /// down).
+    Inspect {
+        #[command(subcommand)]
+        what: InspectCommand,
+        /// The node's genie bpffs directory.
+        #[arg(long, global = true, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs: PathBuf,
+        /// The agent's state directory (for pod names).
+        #[arg(long, global = true, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentArgs {
+    #[command(subcommand)]
+    cleanup: Option<AgentSubcommand>,
+    /// Directory of `*.yaml` objects (PhysicalNetwork, LogicalNetwork, Tenant); changes apply
+    /// while the agent runs.
+    #[arg(long, default_value = DEFAULT_CONFIG_DIR)]
+    config: PathBuf,
+    /// The node's network namespace (host-side interfaces live there). Default: the agent's
+    /// own.
+    #[arg(long, default_value = "/proc/self/ns/net")]
+    netns: PathBuf,
+    #[command(flatten)]
+    paths: NodePaths,
+    /// A CIDR that counts as HOST besides this node's own addresses (other nodes); repeatable.
+    #[arg(long = "host-cidr")]
+    host_cidrs: Vec<IpNet>,
+    /// A cluster DNS service address, reachable on port 53 by every tenant; repeatable.
+    #[arg(long = "cluster-dns")]
+    dns: Vec<IpAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+struct NodePaths {
+    /// bpffs directory for genie's pins.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs: PathBuf,
+    /// Directory for the endpoint registry.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Unix socket for the local API.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentSubcommand {
+    /// Remove everything genie put on this node: detach every program, unpin every map, delete
+    /// the endpoint registry and the socket.
+    Cleanup(NodePaths),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCommand {
+    /// Register a pod interface and attach genie's programs to its host side.
+    Add(EndpointAddArgs),
+    /// Detach and forget a pod interface.
+    Remove {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        pod: String,
+        #[arg(long, default_value = "eth0")]
+        interface: String,
+    },
+    /// List registered endpoints.
+    List,
+    /// Show whether the agent is ready.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct EndpointAddArgs {
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    pod: String,
+    /// Logical network, or `default`.
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// Interface name inside the pod.
+    #[arg(long, default_value = "eth0")]
+    interface: String,
+    /// Host-side interface genie attaches to.
+    #[arg(long)]
+    host_interface: String,
+    /// Network namespace of the host-side interface.
+    #[arg(long, default_value = "/proc/self/ns/net")]
+    netns: PathBuf,
+    /// The pod interface's addresses; repeatable.
+    #[arg(long = "ip", required = true)]
+    ips: Vec<IpAddr>,
+    /// The pod interface's MAC.
+    #[arg(long)]
+    mac: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum InspectCommand {
+    /// Enforced endpoints: pod, interface, identity, addresses.
+    Endpoints,
+    /// Identities with their flags, the policy matrix and classified CIDRs.
+    Policy,
+    /// Packet and byte counters per endpoint, direction and reason.
+    Counters,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Agent(args) => run_agent(args),
+        Command::Endpoint { what, socket } => run_endpoint(what, &socket),
+        Command::Inspect {
+            what,
+            bpffs,
+            state_dir,
+            json,
+        } => run_inspect(what, &bpffs, &state_dir, json),
+    }
+}
+
+fn run_agent(args: AgentArgs) -> Result<()> {
+    init_logging(args.log_format);
+    if let Some(AgentSubcommand::Cleanup(paths)) = args.cleanup {
+        agent::cleanup(&paths.bpffs, &paths.state_dir, &paths.socket)?;
+        eprintln!("removed genie's pins under {} and its state in {}", paths.bpffs.display(), paths.state_dir.display());
+        return Ok(());
+    }
+    // `/proc/self/ns/net` must name the agent's namespace, not that of whichever thread reads
+    // it later: resolve it once.
+    let netns = if args.netns == std::path::Path::new("/proc/self/ns/net") {
+        PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+    } else {
+        args.netns
+    };
+    let config = AgentConfig {
+        config_dir: args.config,
+        netns,
+        bpffs: args.paths.bpffs,
+        state_dir: args.paths.state_dir,
+        socket: args.paths.socket.clone(),
+        host_cidrs: args.host_cidrs,
+        dns: args.dns,
+    };
+    let agent = Agent::start(config).context("starting the agent")?;
+    agent::server::serve(agent, &args.paths.socket).context("serving the agent API")?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn run_endpoint(what: EndpointCommand, socket: &std::path::Path) -> Result<()> {
+    let request = match what {
+        EndpointCommand::Add(a) => Request::AddEndpoint {
+            endpoint: EndpointRequest {
+                pod: a.pod,
+                namespace: a.namespace,
+                network: a.network,
+                interface: a.interface,
+                host_interface: a.host_interface,
+                netns: a.netns,
+                pod_netns: None,
+                ips: a.ips,
+                mac: a.mac,
+            },
+        },
+        EndpointCommand::Remove {
+            namespace,
+            pod,
+            interface,
+        } => Request::RemoveEndpoint {
+            namespace,
+            pod,
+            interface,
+        },
+        EndpointCommand::List => Request::Endpoints,
+        EndpointCommand::Status => Request::Status,
+    };
+    let response = api::call(socket, &request, API_TIMEOUT)?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(())
+}
+
+fn run_inspect(what: InspectCommand, bpffs: &std::path::Path, state_dir: &std::path::Path, json: bool) -> Result<()> {
+    if !bpffs.exists() {
+        bail!("{} does not exist: no genie agent has run on this node with that --bpffs", bpffs.display());
+    }
+    match what {
+        InspectCommand::Endpoints => {
+            let rows = inspect::endpoints(bpffs, state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.namespace.clone(),
+                            r.pod.clone(),
+                            r.interface.clone(),
+                            format!("{} ({})", r.host_interface, r.ifindex),
+                            r.tenant.clone(),
+                            r.network.clone(),
+                            r.mac.clone(),
+                            r.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["ID", "NAMESPACE", "POD", "IFACE", "HOST IFACE", "TENANT", "NETWORK", "MAC", "ADDRESSES"], &cells));
+            }
+        }
+        InspectCommand::Policy => {
+            let view = inspect::policy(bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("policy epoch {}\n", view.policy_epoch);
+                let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+                let cells: Vec<Vec<String>> = view
+                    .identities
+                    .iter()
+                    .map(|i| vec![i.tenant.clone(), i.network.clone(), i.identity.to_string(), yes(i.allow_host_access), yes(i.allow_external), yes(i.allow_external_ingress)])
+                    .collect();
+                print!("{}", table(&["TENANT", "NETWORK", "IDENTITY", "HOST ACCESS", "EXTERNAL", "EXTERNAL INGRESS"], &cells));
+                println!();
+                let cells: Vec<Vec<String>> = view
+                    .rules
+                    .iter()
+                    .map(|r| vec![r.from.clone(), r.to.clone(), r.protocol.clone(), r.ports.clone()])
+                    .collect();
+                print!("{}", table(&["FROM", "TO", "PROTOCOL", "PORTS"], &cells));
+                println!();
+                let cells: Vec<Vec<String>> = view.cidrs.iter().map(|c| vec![c.cidr.clone(), c.identity.clone()]).collect();
+                print!("{}", table(&["CIDR", "CLASS"], &cells));
+            }
+        }
+        InspectCommand::Counters => {
+            let rows = inspect::counters(bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| vec![r.endpoint.to_string(), r.tenant.clone(), r.network.clone(), r.direction.clone(), r.reason.clone(), r.packets.to_string(), r.bytes.to_string()])
+                    .collect();
+                print!("{}", table(&["ENDPOINT", "TENANT", "NETWORK", "DIRECTION", "REASON", "PACKETS", "BYTES"], &cells));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Typed handles on the pinned maps, and the writer that turns a desired state into map
+//! updates — only the difference, in an order that never opens a gap.
+
+use std::{collections::BTreeMap, hash::Hash, path::Path};
+
+use aya::{
+    Pod,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+};
+use genie_common::{
+    CounterKey, CounterValue, EndpointInfo,
+    maps::{
+        ADDRS_MAP, AddrInfo, CIDRS_MAP, CONFIG_MAP, CONNTRACK_MAP, COUNTERS_MAP, CidrInfo, Config,
+        CtKey, CtValue, ENDPOINTS_MAP, IDENTITIES_MAP, IdentityInfo, IpAddr16, POLICY_MAP,
+        PolicyKey, PolicyValue,
+    },
+};
+
+use super::DataplaneError;
+use crate::reconcile::DesiredState;
+
+/// Every genie map of one node, opened from its pins (so this works with or without the agent
+/// that created them).
+pub struct PinnedMaps {
+    pub endpoints: HashMap<MapData, u32, EndpointInfo>,
+    pub addrs: HashMap<MapData, IpAddr16, AddrInfo>,
+    pub cidrs: LpmTrie<MapData, IpAddr16, CidrInfo>,
+    pub identities: HashMap<MapData, u32, IdentityInfo>,
+    pub policy: HashMap<MapData, PolicyKey, PolicyValue>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub config: Array<MapData, Config>,
+    pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
+}
+
+impl std::fmt::Debug for PinnedMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinnedMaps")
+    }
+}
+
+fn open(bpffs: &Path, name: &'static str) -> Result<Map, DataplaneError> {
+    let path = bpffs.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::OpenPin {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| DataplaneError::OpenPin { path, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// What an apply changed, per map (for logs and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyStats {
+    pub written: usize,
+    pub deleted: usize,
+    /// Whether the policy epoch was bumped (tracked flows are re-checked).
+    pub epoch_bumped: bool,
+}
+
+impl PinnedMaps {
+    /// Opens every map pinned under `bpffs`.
+    pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            endpoints: open(bpffs, ENDPOINTS_MAP)?.try_into().map_err(map_err(ENDPOINTS_MAP))?,
+            addrs: open(bpffs, ADDRS_MAP)?.try_into().map_err(map_err(ADDRS_MAP))?,
+            cidrs: open(bpffs, CIDRS_MAP)?.try_into().map_err(map_err(CIDRS_MAP))?,
+            identities: open(bpffs, IDENTITIES_MAP)?.try_into().map_err(map_err(IDENTITIES_MAP))?,
+            policy: open(bpffs, POLICY_MAP)?.try_into().map_err(map_err(POLICY_MAP))?,
+            conntrack: open(bpffs, CONNTRACK_MAP)?.try_into().map_err(map_err(CONNTRACK_MAP))?,
+            config: open(bpffs, CONFIG_MAP)?.try_into().map_err(map_err(CONFIG_MAP))?,
+            counters: open(bpffs, COUNTERS_MAP)?.try_into().map_err(map_err(COUNTERS_MAP))?,
+        })
+    }
+
+    /// The current contents of the policy maps.
+    pub fn read_state(&self) -> Result<DesiredState, DataplaneError> {
+        Ok(DesiredState {
+            endpoints: read_all(self.endpoints.iter(), ENDPOINTS_MAP)?,
+            addrs: read_all(self.addrs.iter(), ADDRS_MAP)?,
+            cidrs: read_all(
+                self.cidrs
+                    .iter()
+                    .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v))),
+                CIDRS_MAP,
+            )?,
+            identities: read_all(self.identities.iter(), IDENTITIES_MAP)?,
+            policy: read_all(self.policy.iter(), POLICY_MAP)?,
+        })
+    }
+
+    /// The current policy epoch.
+    pub fn epoch(&self) -> Result<u32, DataplaneError> {
+        Ok(self.config.get(&0, 0).map_err(map_err(CONFIG_MAP))?.policy_epoch)
+    }
+
+    /// Makes the maps equal `desired`, writing only what differs. New and changed entries go
+    /// first, stale ones after, and the policy epoch is bumped last, so a tracked flow is
+    /// re-checked against the finished state — never against a half-written one.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, DataplaneError> {
+        let current = self.read_state()?;
+        let mut stats = ApplyStats::default();
+        stats.written += upsert(&mut self.identities, &current.identities, &desired.identities, IDENTITIES_MAP)?;
+        stats.written += upsert(&mut self.policy, &current.policy, &desired.policy, POLICY_MAP)?;
+        stats.written += upsert(&mut self.addrs, &current.addrs, &desired.addrs, ADDRS_MAP)?;
+        for (key, value) in &desired.cidrs {
+            if current.cidrs.get(key) != Some(value) {
+                self.cidrs
+                    .insert(&Key::new(key.0, key.1), value, 0)
+                    .map_err(map_err(CIDRS_MAP))?;
+                stats.written += 1;
+            }
+        }
+        stats.written += upsert(&mut self.endpoints, &current.endpoints, &desired.endpoints, ENDPOINTS_MAP)?;
+
+        stats.deleted += delete_stale(&mut self.endpoints, &current.endpoints, &desired.endpoints, ENDPOINTS_MAP)?;
+        stats.deleted += delete_stale(&mut self.policy, &current.policy, &desired.policy, POLICY_MAP)?;
+        stats.deleted += delete_stale(&mut self.addrs, &current.addrs, &desired.addrs, ADDRS_MAP)?;
+        for key in current.cidrs.keys() {
+            if !desired.cidrs.contains_key(key) {
+                match self.cidrs.remove(&Key::new(key.0, key.1)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => stats.deleted += 1,
+                    Err(e) => return Err(map_err(CIDRS_MAP)(e)),
+                }
+            }
+        }
+        stats.deleted += delete_stale(&mut self.identities, &current.identities, &desired.identities, IDENTITIES_MAP)?;
+
+        if stats.written + stats.deleted > 0 {
+            let mut config = self.config.get(&0, 0).map_err(map_err(CONFIG_MAP))?;
+            config.policy_epoch = config.policy_epoch.wrapping_add(1);
+            self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
+            stats.epoch_bumped = true;
+        }
+        Ok(stats)
+    }
+
+    /// Removes the counters of endpoints that no longer exist (0, "no endpoint", stays).
+    pub fn prune_counters(&mut self, live: &dyn Fn(u32) -> bool) -> Result<usize, DataplaneError> {
+        let stale: Vec<CounterKey> = self
+            .counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.endpoint_id != 0 && !live(k.endpoint_id))
+            .collect();
+        for key in &stale {
+            match self.counters.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(COUNTERS_MAP)(e)),
+            }
+        }
+        Ok(stale.len())
+    }
+}
+
+fn read_all<K: Ord, V>(
+    entries: impl Iterator<Item = Result<(K, V), MapError>>,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, DataplaneError> {
+    entries.collect::<Result<_, _>>().map_err(map_err(name))
+}
+
+fn upsert<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    name: &'static str,
+) -> Result<usize, DataplaneError>
+where
+    K: Pod + Ord + Hash,
+    V: Pod + PartialEq,
+{
+    let mut n = 0;
+    for (key, value) in desired {
+        if current.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(map_err(name))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn delete_stale<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    name: &'static str,
+) -> Result<usize, DataplaneError>
+where
+    K: Pod + Ord + Hash,
+    V: Pod,
+{
+    let mut n = 0;
+    for key in current.keys() {
+        if !desired.contains_key(key) {
+            match map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => n += 1,
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,164 @@
+//! Endpoints: the pod interfaces registered on this node (by the CNI handler or the local
+//! API), persisted so a restarted agent knows them without the runtime asking again.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// What a caller asks for when registering an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointRequest {
+    pub pod: String,
+    pub namespace: String,
+    /// Logical network name, or `default`.
+    pub network: String,
+    /// Interface name inside the pod.
+    pub interface: String,
+    /// Interface genie's programs attach to (host side of a veth).
+    pub host_interface: String,
+    /// Network namespace holding `host_interface` (the node's).
+    pub netns: PathBuf,
+    /// The pod's own network namespace, if known.
+    #[serde(default)]
+    pub pod_netns: Option<PathBuf>,
+    pub ips: Vec<IpAddr>,
+    /// The pod interface's MAC (anti-spoofing); absent disables the MAC check.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// A registered endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub id: u32,
+    #[serde(flatten)]
+    pub request: EndpointRequest,
+    /// Index of `host_interface` inside `netns` when it was attached.
+    pub ifindex: u32,
+}
+
+impl Endpoint {
+    /// The key a registration is known by: one interface of one pod.
+    pub fn key(&self) -> (String, String, String) {
+        (
+            self.request.namespace.clone(),
+            self.request.pod.clone(),
+            self.request.interface.clone(),
+        )
+    }
+
+    /// The MAC as bytes (all zero when absent).
+    pub fn mac_bytes(&self) -> [u8; 6] {
+        self.request
+            .mac
+            .as_deref()
+            .and_then(|m| parse_mac(m).ok())
+            .unwrap_or([0; 6])
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{text:?} is not a MAC address"));
+    }
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(parts) {
+        *slot = u8::from_str_radix(part, 16).map_err(|_| format!("{text:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+/// The endpoints of this node, by id, persisted as one JSON file.
+#[derive(Debug, Default)]
+pub struct Registry {
+    path: Option<PathBuf>,
+    endpoints: BTreeMap<u32, Endpoint>,
+}
+
+impl Registry {
+    /// Loads the registry from `state_dir/endpoints.json` (empty when absent).
+    pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        fs::create_dir_all(state_dir)?;
+        let path = state_dir.join("endpoints.json");
+        let endpoints = match fs::read(&path) {
+            Ok(bytes) => {
+                let list: Vec<Endpoint> = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+                list.into_iter().map(|e| (e.id, e)).collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path: Some(path),
+            endpoints,
+        })
+    }
+
+    /// Every endpoint.
+    pub fn all(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    /// An endpoint by id.
+    pub fn get(&self, id: u32) -> Option<&Endpoint> {
+        self.endpoints.get(&id)
+    }
+
+    /// The endpoint registered for one pod interface.
+    pub fn find(&self, namespace: &str, pod: &str, interface: &str) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| {
+            e.request.namespace == namespace && e.request.pod == pod && e.request.interface == interface
+        })
+    }
+
+    /// The next free id (ids are never 0: counters use 0 for "no endpoint").
+    pub fn next_id(&self) -> u32 {
+        self.endpoints.keys().next_back().map_or(1, |last| last + 1)
+    }
+
+    /// Adds or replaces an endpoint and persists.
+    pub fn insert(&mut self, endpoint: Endpoint) -> std::io::Result<()> {
+        self.endpoints.insert(endpoint.id, endpoint);
+        self.save()
+    }
+
+    /// Removes an endpoint and persists.
+    pub fn remove(&mut self, id: u32) -> std::io::Result<Option<Endpoint>> {
+        let removed = self.endpoints.remove(&id);
+        self.save()?;
+        Ok(removed)
+    }
+
+    /// Writes the registry crash-safely: a temporary file, fsync, rename, fsync the directory.
+    fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let list: Vec<&Endpoint> = self.endpoints.values().collect();
+        let bytes = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
+        write_atomically(path, &bytes)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

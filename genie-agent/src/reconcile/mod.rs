@@ -1,0 +1,219 @@
+//! Reconcile: from the validated model, the registered endpoints and what the node looks like
+//! to the exact contents every map should have. Pure: no I/O, so it is tested without a kernel
+//! and the dataplane writes only the difference.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use genie_common::{
+    EndpointInfo,
+    identity::{DNS, HOST},
+    maps::{AddrInfo, CidrInfo, IdentityInfo, IpAddr16, MAX_PORT_RANGES, NAME_LEN, PolicyKey, PolicyValue, PortRange, identity_flags},
+};
+use ipnet::IpNet;
+
+use crate::{
+    endpoint::Endpoint,
+    model::{DEFAULT_NETWORK, Model, ValidIsolation, ValidPortRule, unowned_default_identity},
+};
+
+/// What the node contributes: its own addresses (HOST) and the cluster DNS service addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Addresses of this node and of every other node (each becomes a /32 or /128 HOST entry).
+    pub host_addresses: Vec<IpAddr>,
+    /// Further CIDRs that count as HOST.
+    pub host_cidrs: Vec<IpNet>,
+    /// Cluster DNS service addresses.
+    pub dns_addresses: Vec<IpAddr>,
+}
+
+/// The complete desired contents of the policy maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    pub addrs: BTreeMap<IpAddr16, AddrInfo>,
+    /// (prefix length in the 128-bit space, address) → identity.
+    pub cidrs: BTreeMap<(u32, IpAddr16), CidrInfo>,
+    pub identities: BTreeMap<u32, IdentityInfo>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+}
+
+/// An address in the maps' 16-byte form.
+pub fn addr16(ip: IpAddr) -> IpAddr16 {
+    match ip {
+        IpAddr::V4(v4) => IpAddr16::from_v4(v4.octets()),
+        IpAddr::V6(v6) => IpAddr16::from_v6(v6.octets()),
+    }
+}
+
+/// A CIDR as an LPM key (IPv4 prefixes are offset by the 96 bits of the mapped prefix).
+pub fn cidr_key(net: IpNet) -> (u32, IpAddr16) {
+    let net = net.trunc();
+    match net {
+        IpNet::V4(v4) => (96 + u32::from(v4.prefix_len()), addr16(IpAddr::V4(v4.network()))),
+        IpNet::V6(v6) => (u32::from(v6.prefix_len()), addr16(IpAddr::V6(v6.network()))),
+    }
+}
+
+fn name_bytes(name: &str) -> [u8; NAME_LEN] {
+    let mut out = [0u8; NAME_LEN];
+    let len = name.len().min(NAME_LEN - 1);
+    out[..len].copy_from_slice(&name.as_bytes()[..len]);
+    out
+}
+
+fn isolation_flags(isolation: &ValidIsolation) -> u32 {
+    let mut flags = 0;
+    if isolation.allow_host_access {
+        flags |= identity_flags::ALLOW_HOST;
+    }
+    if isolation.allow_external {
+        flags |= identity_flags::ALLOW_EXTERNAL;
+    }
+    if isolation.allow_external_ingress {
+        flags |= identity_flags::ALLOW_EXTERNAL_INGRESS;
+    }
+    flags
+}
+
+/// Adds the rules of one (src, dst) pair to the policy matrix. Rules without ports become a
+/// protocol entry with `count == 0` (every port); an empty rule list allows every protocol
+/// (protocol 0). Validation guarantees at most `MAX_PORT_RANGES` ranges per protocol.
+fn add_rules(policy: &mut BTreeMap<PolicyKey, PolicyValue>, src: u32, dst: u32, rules: &[ValidPortRule]) {
+    let key = |protocol: u8| PolicyKey {
+        src_identity: src,
+        dst_identity: dst,
+        protocol,
+        _pad: [0; 3],
+    };
+    if rules.is_empty() {
+        policy.insert(key(0), PolicyValue::default());
+        return;
+    }
+    let protocols: BTreeSet<u8> = rules.iter().map(|r| r.protocol).collect();
+    for protocol in protocols {
+        let mut all_ports = false;
+        let mut ranges = Vec::new();
+        for rule in rules.iter().filter(|r| r.protocol == protocol) {
+            match rule.ports {
+                None => all_ports = true,
+                Some((first, last)) => ranges.push(PortRange { first, last }),
+            }
+        }
+        ranges.sort();
+        ranges.dedup();
+        let mut value = PolicyValue::default();
+        if !all_ports {
+            let n = ranges.len().min(MAX_PORT_RANGES);
+            value.count = n as u32;
+            value.ranges[..n].copy_from_slice(&ranges[..n]);
+        }
+        policy.insert(key(protocol), value);
+    }
+}
+
+/// Computes the desired map contents. Endpoints whose network or tenant no longer allows them
+/// are left out: their interfaces then drop everything (fail closed).
+pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> DesiredState {
+    let mut state = DesiredState::default();
+
+    // Identities: every logical network, every tenant's default network, the unowned default.
+    let mut identity_isolation: BTreeMap<u32, &ValidIsolation> = BTreeMap::new();
+    for net in model.logical.values() {
+        state.identities.insert(
+            net.identity,
+            IdentityInfo {
+                flags: isolation_flags(&net.isolation),
+                tenant: name_bytes(&net.tenant),
+                network: name_bytes(&net.name),
+            },
+        );
+        identity_isolation.insert(net.identity, &net.isolation);
+        for subnet in &net.subnets {
+            let (prefix, addr) = cidr_key(*subnet);
+            state.cidrs.insert((prefix, addr), CidrInfo { identity: net.identity });
+        }
+    }
+    for tenant in model.tenants.values() {
+        state.identities.insert(
+            tenant.default_identity,
+            IdentityInfo {
+                flags: isolation_flags(&tenant.default_isolation),
+                tenant: name_bytes(&tenant.name),
+                network: name_bytes(DEFAULT_NETWORK),
+            },
+        );
+        identity_isolation.insert(tenant.default_identity, &tenant.default_isolation);
+    }
+    let unowned_isolation = ValidIsolation {
+        allow_host_access: false,
+        allow_host_ports: Vec::new(),
+        allow_external: true,
+        allow_external_ingress: false,
+        peers: Vec::new(),
+    };
+    state.identities.insert(
+        unowned_default_identity(),
+        IdentityInfo {
+            flags: isolation_flags(&unowned_isolation),
+            tenant: name_bytes(""),
+            network: name_bytes(DEFAULT_NETWORK),
+        },
+    );
+
+    // Policy: peers one way, and host ports towards HOST.
+    for (identity, isolation) in &identity_isolation {
+        for peer in &isolation.peers {
+            if let Some(dst) = model.logical.get(&peer.network) {
+                add_rules(&mut state.policy, *identity, dst.identity, &peer.rules);
+            }
+        }
+        if !isolation.allow_host_ports.is_empty() {
+            add_rules(&mut state.policy, *identity, HOST, &isolation.allow_host_ports);
+        }
+    }
+
+    // Node addresses are HOST; exact host addresses beat the subnet they sit in.
+    for ip in &node.host_addresses {
+        let net = IpNet::from(*ip);
+        state.cidrs.insert(cidr_key(net), CidrInfo { identity: HOST });
+    }
+    for net in &node.host_cidrs {
+        state.cidrs.insert(cidr_key(*net), CidrInfo { identity: HOST });
+    }
+    for ip in &node.dns_addresses {
+        state.addrs.insert(addr16(*ip), AddrInfo { identity: DNS, endpoint_id: 0 });
+    }
+
+    // Endpoints that still have a valid identity.
+    for ep in endpoints {
+        let Ok(identity) = model.identity_for(&ep.request.namespace, &ep.request.network) else {
+            continue;
+        };
+        state.endpoints.insert(
+            ep.ifindex,
+            EndpointInfo {
+                endpoint_id: ep.id,
+                identity,
+                mac: ep.mac_bytes(),
+                _pad: [0; 2],
+            },
+        );
+        for ip in &ep.request.ips {
+            state.addrs.insert(
+                addr16(*ip),
+                AddrInfo {
+                    identity,
+                    endpoint_id: ep.id,
+                },
+            );
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests;

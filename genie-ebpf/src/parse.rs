@@ -1,0 +1,239 @@
+//! Header parsing. Everything is read with `bpf_skb_load_bytes` (`TcContext::load`), which
+//! also reaches non-linear parts of GSO packets and keeps the verifier happy with the variable
+//! offsets of IPv4 options and IPv6 extension headers.
+
+use aya_ebpf::programs::TcContext;
+use genie_common::{maps::IpAddr16, policy::proto};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// IPv6 extension headers genie walks through before giving up (RFC 8200 §4.1 order).
+const MAX_IPV6_EXTENSIONS: usize = 6;
+
+/// What a packet is, as far as the verdict needs to know.
+pub enum Parsed {
+    Arp(Arp),
+    Ip(Ip),
+    /// Another Ethernet type.
+    Other,
+}
+
+pub struct Arp {
+    pub eth_src: [u8; 6],
+    pub sender_mac: [u8; 6],
+    pub sender_ip: [u8; 4],
+}
+
+pub struct Ip {
+    pub eth_src: [u8; 6],
+    pub src: IpAddr16,
+    pub dst: IpAddr16,
+    pub protocol: u8,
+    /// Source port, or the echo identifier for ICMP echo; 0 otherwise.
+    pub sport: u16,
+    /// Destination port, or the echo identifier for ICMP echo; 0 otherwise.
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub fragment: bool,
+    pub is_v6: bool,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// `Err(())` means truncated or malformed.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
+    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+    let mut eth_src = [0u8; 6];
+    eth_src.copy_from_slice(&eth[6..12]);
+    match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETH_P_ARP => parse_arp(ctx, eth_src).map(Parsed::Arp),
+        ETH_P_IP | ETH_P_IPV6 => {
+            let mut ip = Ip {
+                eth_src,
+                src: IpAddr16::default(),
+                dst: IpAddr16::default(),
+                protocol: 0,
+                sport: 0,
+                dport: 0,
+                tcp_flags: 0,
+                icmp_type: 0,
+                fragment: false,
+                is_v6: false,
+            };
+            let status = if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+                parse_ipv4(ctx, &mut ip)
+            } else {
+                parse_ipv6(ctx, &mut ip)
+            };
+            if status == OK { Ok(Parsed::Ip(ip)) } else { Err(()) }
+        }
+        _ => Ok(Parsed::Other),
+    }
+}
+
+#[inline(always)]
+fn parse_arp(ctx: &TcContext, eth_src: [u8; 6]) -> Result<Arp, ()> {
+    let arp: [u8; 28] = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    // Ethernet/IPv4 ARP only (RFC 826): hardware type 1, protocol 0x0800, lengths 6 and 4.
+    if arp[0..2] != [0, 1] || arp[2..4] != [0x08, 0x00] || arp[4] != 6 || arp[5] != 4 {
+        return Err(());
+    }
+    let mut sender_mac = [0u8; 6];
+    sender_mac.copy_from_slice(&arp[8..14]);
+    let mut sender_ip = [0u8; 4];
+    sender_ip.copy_from_slice(&arp[14..18]);
+    Ok(Arp {
+        eth_src,
+        sender_mac,
+        sender_ip,
+    })
+}
+
+/// Status of the non-inlined parsers. They return a plain integer and write through a
+/// pointer: a Rust enum in a BPF function's signature becomes BTF the kernel rejects (a union
+/// member at a non-zero offset), and then no map gets its BTF.
+const OK: i32 = 0;
+const MALFORMED: i32 = -1;
+
+// Not inlined: each parser's header buffer lives in its own stack frame, which keeps the
+// program's deepest frame within the 512-byte BPF stack.
+#[inline(never)]
+fn parse_ipv4(ctx: &TcContext, ip: &mut Ip) -> i32 {
+    let Ok(h) = ctx.load::<[u8; 20]>(ETH_HLEN) else {
+        return MALFORMED;
+    };
+    let ihl = (h[0] & 0x0f) as usize;
+    if h[0] >> 4 != 4 || ihl < 5 {
+        return MALFORMED;
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    // More-fragments flag or a non-zero offset (RFC 791).
+    ip.fragment = frag & 0x3fff != 0;
+    ip.src = IpAddr16::from_v4([h[12], h[13], h[14], h[15]]);
+    ip.dst = IpAddr16::from_v4([h[16], h[17], h[18], h[19]]);
+    ip.protocol = h[9];
+    ip.is_v6 = false;
+    if ip.fragment {
+        return OK;
+    }
+    parse_l4(ctx, ETH_HLEN + ihl * 4, ip)
+}
+
+#[inline(never)]
+fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
+    let Ok(h) = ctx.load::<[u8; 40]>(ETH_HLEN) else {
+        return MALFORMED;
+    };
+    if h[0] >> 4 != 6 {
+        return MALFORMED;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&h[24..40]);
+    ip.src = IpAddr16::from_v6(src);
+    ip.dst = IpAddr16::from_v6(dst);
+    ip.is_v6 = true;
+    let mut next = h[6];
+    let mut offset = ETH_HLEN + 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, minus one.
+            0 | 43 | 60 => {
+                let Ok(ext) = ctx.load::<[u8; 2]>(offset) else {
+                    return MALFORMED;
+                };
+                next = ext[0];
+                offset += (ext[1] as usize + 1) * 8;
+            }
+            // Authentication header: length in 4-octet units, minus two (RFC 4302).
+            51 => {
+                let Ok(ext) = ctx.load::<[u8; 2]>(offset) else {
+                    return MALFORMED;
+                };
+                next = ext[0];
+                offset += (ext[1] as usize + 2) * 4;
+            }
+            44 => {
+                ip.fragment = true;
+                break;
+            }
+            _ => break,
+        }
+    }
+    ip.protocol = next;
+    if ip.fragment {
+        return OK;
+    }
+    // Still an extension header after the walk: too deep to trust.
+    if matches!(next, 0 | 43 | 60 | 51) {
+        return MALFORMED;
+    }
+    parse_l4(ctx, offset & 0xffff, ip)
+}
+
+#[inline(never)]
+fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
+    match ip.protocol {
+        proto::TCP => {
+            let Ok(t) = ctx.load::<[u8; 14]>(offset) else {
+                return MALFORMED;
+            };
+            ip.sport = u16::from_be_bytes([t[0], t[1]]);
+            ip.dport = u16::from_be_bytes([t[2], t[3]]);
+            ip.tcp_flags = t[13];
+        }
+        proto::UDP | proto::SCTP => {
+            let Ok(u) = ctx.load::<[u8; 4]>(offset) else {
+                return MALFORMED;
+            };
+            ip.sport = u16::from_be_bytes([u[0], u[1]]);
+            ip.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let Ok(c) = ctx.load::<[u8; 8]>(offset) else {
+                return MALFORMED;
+            };
+            ip.icmp_type = c[0];
+            if is_echo(ip.protocol, c[0]) {
+                // Request and reply carry the same identifier: it plays the port on both
+                // sides, so the reply finds the request's conntrack entry.
+                let id = u16::from_be_bytes([c[4], c[5]]);
+                ip.sport = id;
+                ip.dport = id;
+            }
+        }
+        _ => {}
+    }
+    OK
+}
+
+/// ICMP echo request/reply (RFC 792 types 8/0, RFC 4443 types 128/129).
+#[inline(always)]
+fn is_echo(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        proto::ICMP => icmp_type == 8 || icmp_type == 0,
+        _ => icmp_type == 128 || icmp_type == 129,
+    }
+}
+
+/// ICMPv6 neighbour discovery and multicast listener messages (RFC 4861 types 133–137,
+/// RFC 2710/3810 types 130–132 and 143): IPv6's ARP, kept working in both directions.
+#[inline(always)]
+pub fn is_neighbour_discovery(ip: &Ip) -> bool {
+    ip.is_v6 && ip.protocol == proto::ICMPV6 && matches!(ip.icmp_type, 130..=137 | 143)
+}
+
+/// Link-local (fe80::/10) or unspecified (::) source: what ND and MLD use before an address is
+/// assigned.
+#[inline(always)]
+pub fn is_link_local_or_unspecified(addr: &IpAddr16) -> bool {
+    let a = &addr.addr;
+    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || a.iter().all(|b| *b == 0)
+}

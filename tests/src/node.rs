@@ -1,0 +1,234 @@
+//! A simulated node: a topology plus the agent's configuration directory, state and socket,
+//! and the agent itself — in this process or as the real `genie agent` process.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use genie_agent::{
+    agent::{Agent, AgentConfig},
+    api::{self, Request, Response},
+    endpoint::{Endpoint, EndpointRequest},
+};
+
+use crate::topology::{Pod, Topology};
+
+/// The `genie` binary: `$GENIE_BIN`, else next to the test executable's directory
+/// (`target/debug/deps/..` → `target/debug/genie`, built by `cargo xtask test`).
+pub fn genie_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GENIE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test knows its executable");
+    let dir = exe.parent().expect("executable has a directory");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
+    dir.join("genie")
+}
+
+/// A node with its agent's files. Dropping it stops the agent, removes the files and (through
+/// the topology) every pin and namespace.
+#[derive(Debug)]
+pub struct TestNode {
+    dir: PathBuf,
+    agent: Option<Child>,
+    extra_args: Vec<String>,
+    // Last: dropped after the agent is gone.
+    pub topo: Topology,
+}
+
+impl TestNode {
+    /// A node over `topo` whose configuration directory holds `objects` as `objects.yaml`.
+    pub fn new(topo: Topology, objects: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(topo.base());
+        fs::create_dir_all(dir.join("objects"))?;
+        let node = Self {
+            dir,
+            agent: None,
+            extra_args: Vec::new(),
+            topo,
+        };
+        node.write_objects(objects)?;
+        Ok(node)
+    }
+
+    /// Extra `genie agent` arguments (e.g. `--cluster-dns`).
+    pub fn with_agent_args(mut self, args: &[&str]) -> Self {
+        self.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+
+    /// Replaces `objects.yaml` (atomically, so the agent never reads half a file).
+    pub fn write_objects(&self, objects: &str) -> Result<()> {
+        let tmp = self.dir.join("objects.yaml.tmp");
+        fs::write(&tmp, objects)?;
+        fs::rename(&tmp, self.config_dir().join("objects.yaml"))?;
+        Ok(())
+    }
+
+    /// Writes another file into the configuration directory.
+    pub fn write_config_file(&self, name: &str, text: &str) -> Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.config_dir().join(name))?;
+        Ok(())
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("objects")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        self.topo.bpffs()
+    }
+
+    /// The agent configuration for this node.
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            config_dir: self.config_dir(),
+            netns: self.topo.node().path(),
+            bpffs: self.bpffs().to_owned(),
+            state_dir: self.state_dir(),
+            socket: self.socket(),
+            host_cidrs: Vec::new(),
+            dns: Vec::new(),
+        }
+    }
+
+    /// Starts an agent inside this process (for packet-level tests).
+    pub fn agent_in_process(&self) -> Result<Agent> {
+        Ok(Agent::start(self.agent_config())?)
+    }
+
+    /// Starts `genie agent` as a process and waits until its API answers and it is ready.
+    pub fn spawn_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent already runs");
+        }
+        let log = fs::File::create(self.dir.join("agent.log"))?;
+        let mut cmd = Command::new(genie_binary());
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(self.config_dir())
+            .arg("--netns")
+            .arg(self.topo.node().path())
+            .arg("--bpffs")
+            .arg(self.bpffs())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: the closure only calls prctl, which is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                // The agent dies with the test process even when that is SIGKILLed.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", genie_binary().display()))?;
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Response { status: Some(s), .. }) = self.call(&Request::Status) {
+                if s.ready {
+                    return Ok(());
+                }
+            }
+            if let Some(child) = self.agent.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.agent = None;
+                bail!("the agent exited ({status}):\n{}", self.agent_log());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not become ready:\n{}", self.agent_log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the agent process and waits for it to be gone.
+    pub fn kill_agent(&mut self) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// One API call.
+    pub fn call(&self, request: &Request) -> Result<Response, api::ClientError> {
+        api::call(&self.socket(), request, Duration::from_secs(30))
+    }
+
+    /// The registration request for a pod's `eth0` on `network`.
+    pub fn endpoint_request(&self, pod: &Pod, namespace: &str, network: &str) -> EndpointRequest {
+        EndpointRequest {
+            pod: pod.label.clone(),
+            namespace: namespace.to_owned(),
+            network: network.to_owned(),
+            interface: "eth0".to_owned(),
+            host_interface: pod.host_ifname.clone(),
+            netns: self.topo.node().path(),
+            pod_netns: Some(pod.netns.path()),
+            ips: vec![IpAddr::V4(pod.ipv4)],
+            mac: Some(pod.mac_string()),
+        }
+    }
+
+    /// Registers a pod through the running agent's API.
+    pub fn register(&self, pod_label: &str, namespace: &str, network: &str) -> Result<Endpoint> {
+        let pod = self.topo.pod(pod_label);
+        let response = self.call(&Request::AddEndpoint {
+            endpoint: self.endpoint_request(pod, namespace, network),
+        })?;
+        response.endpoint.context("the agent returned no endpoint")
+    }
+
+    /// Waits until `check` holds (the agent applies directory changes asynchronously).
+    pub fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}:\n{}", self.agent_log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.kill_agent();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
