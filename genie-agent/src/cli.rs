@@ -29,7 +29,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn columns_align() {
-        let t = super::table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        let t = super::table(
+            &["A", "LONG"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
         assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
     }
 }

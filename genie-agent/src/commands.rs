@@ -20,7 +20,11 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/genie";
 const DEFAULT_CONFIG_DIR: &str = "/etc/genie/objects";
 
 #[derive(Debug, Parser)]
-#[command(name = "genie", version, about = "genie: multi-network tenant isolation for pods, in eBPF")]
+#[command(
+    name = "genie",
+    version,
+    about = "genie: multi-network tenant isolation for pods, in eBPF"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -179,7 +183,11 @@ fn run_agent(args: AgentArgs) -> Result<()> {
     init_logging(args.log_format);
     if let Some(AgentSubcommand::Cleanup(paths)) = args.cleanup {
         agent::cleanup(&paths.bpffs, &paths.state_dir, &paths.socket)?;
-        eprintln!("removed genie's pins under {} and its state in {}", paths.bpffs.display(), paths.state_dir.display());
+        eprintln!(
+            "removed genie's pins under {} and its state in {}",
+            paths.bpffs.display(),
+            paths.state_dir.display()
+        );
         return Ok(());
     }
     // `/proc/self/ns/net` must name the agent's namespace, not that of whichever thread reads
@@ -206,7 +214,9 @@ fn run_agent(args: AgentArgs) -> Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -247,9 +257,17 @@ fn run_endpoint(what: EndpointCommand, socket: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run_inspect(what: InspectCommand, bpffs: &std::path::Path, state_dir: &std::path::Path, json: bool) -> Result<()> {
+fn run_inspect(
+    what: InspectCommand,
+    bpffs: &std::path::Path,
+    state_dir: &std::path::Path,
+    json: bool,
+) -> Result<()> {
     if !bpffs.exists() {
-        bail!("{} does not exist: no genie agent has run on this node with that --bpffs", bpffs.display());
+        bail!(
+            "{} does not exist: no genie agent has run on this node with that --bpffs",
+            bpffs.display()
+        );
     }
     match what {
         InspectCommand::Endpoints => {
@@ -269,11 +287,31 @@ fn run_inspect(what: InspectCommand, bpffs: &std::path::Path, state_dir: &std::p
                             r.tenant.clone(),
                             r.network.clone(),
                             r.mac.clone(),
-                            r.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                            r.addresses
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(","),
                         ]
                     })
                     .collect();
-                print!("{}", table(&["ID", "NAMESPACE", "POD", "IFACE", "HOST IFACE", "TENANT", "NETWORK", "MAC", "ADDRESSES"], &cells));
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "ID",
+                            "NAMESPACE",
+                            "POD",
+                            "IFACE",
+                            "HOST IFACE",
+                            "TENANT",
+                            "NETWORK",
+                            "MAC",
+                            "ADDRESSES"
+                        ],
+                        &cells
+                    )
+                );
             }
         }
         InspectCommand::Policy => {
@@ -286,18 +324,51 @@ fn run_inspect(what: InspectCommand, bpffs: &std::path::Path, state_dir: &std::p
                 let cells: Vec<Vec<String>> = view
                     .identities
                     .iter()
-                    .map(|i| vec![i.tenant.clone(), i.network.clone(), i.identity.to_string(), yes(i.allow_host_access), yes(i.allow_external), yes(i.allow_external_ingress)])
+                    .map(|i| {
+                        vec![
+                            i.tenant.clone(),
+                            i.network.clone(),
+                            i.identity.to_string(),
+                            yes(i.allow_host_access),
+                            yes(i.allow_external),
+                            yes(i.allow_external_ingress),
+                        ]
+                    })
                     .collect();
-                print!("{}", table(&["TENANT", "NETWORK", "IDENTITY", "HOST ACCESS", "EXTERNAL", "EXTERNAL INGRESS"], &cells));
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "TENANT",
+                            "NETWORK",
+                            "IDENTITY",
+                            "HOST ACCESS",
+                            "EXTERNAL",
+                            "EXTERNAL INGRESS"
+                        ],
+                        &cells
+                    )
+                );
                 println!();
                 let cells: Vec<Vec<String>> = view
                     .rules
                     .iter()
-                    .map(|r| vec![r.from.clone(), r.to.clone(), r.protocol.clone(), r.ports.clone()])
+                    .map(|r| {
+                        vec![
+                            r.from.clone(),
+                            r.to.clone(),
+                            r.protocol.clone(),
+                            r.ports.clone(),
+                        ]
+                    })
                     .collect();
                 print!("{}", table(&["FROM", "TO", "PROTOCOL", "PORTS"], &cells));
                 println!();
-                let cells: Vec<Vec<String>> = view.cidrs.iter().map(|c| vec![c.cidr.clone(), c.identity.clone()]).collect();
+                let cells: Vec<Vec<String>> = view
+                    .cidrs
+                    .iter()
+                    .map(|c| vec![c.cidr.clone(), c.identity.clone()])
+                    .collect();
                 print!("{}", table(&["CIDR", "CLASS"], &cells));
             }
         }
@@ -308,9 +379,33 @@ fn run_inspect(what: InspectCommand, bpffs: &std::path::Path, state_dir: &std::p
             } else {
                 let cells: Vec<Vec<String>> = rows
                     .iter()
-                    .map(|r| vec![r.endpoint.to_string(), r.tenant.clone(), r.network.clone(), r.direction.clone(), r.reason.clone(), r.packets.to_string(), r.bytes.to_string()])
+                    .map(|r| {
+                        vec![
+                            r.endpoint.to_string(),
+                            r.tenant.clone(),
+                            r.network.clone(),
+                            r.direction.clone(),
+                            r.reason.clone(),
+                            r.packets.to_string(),
+                            r.bytes.to_string(),
+                        ]
+                    })
                     .collect();
-                print!("{}", table(&["ENDPOINT", "TENANT", "NETWORK", "DIRECTION", "REASON", "PACKETS", "BYTES"], &cells));
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "ENDPOINT",
+                            "TENANT",
+                            "NETWORK",
+                            "DIRECTION",
+                            "REASON",
+                            "PACKETS",
+                            "BYTES"
+                        ],
+                        &cells
+                    )
+                );
             }
         }
     }

@@ -73,7 +73,8 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     }
     let mut mac = [0u8; 6];
     for (slot, part) in mac.iter_mut().zip(parts) {
-        *slot = u8::from_str_radix(part, 16).map_err(|_| format!("{text:?} is not a MAC address"))?;
+        *slot =
+            u8::from_str_radix(part, 16).map_err(|_| format!("{text:?} is not a MAC address"))?;
     }
     Ok(mac)
 }
@@ -92,7 +93,8 @@ impl Registry {
         let path = state_dir.join("endpoints.json");
         let endpoints = match fs::read(&path) {
             Ok(bytes) => {
-                let list: Vec<Endpoint> = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+                let list: Vec<Endpoint> =
+                    serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
                 list.into_iter().map(|e| (e.id, e)).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -117,7 +119,9 @@ impl Registry {
     /// The endpoint registered for one pod interface.
     pub fn find(&self, namespace: &str, pod: &str, interface: &str) -> Option<&Endpoint> {
         self.endpoints.values().find(|e| {
-            e.request.namespace == namespace && e.request.pod == pod && e.request.interface == interface
+            e.request.namespace == namespace
+                && e.request.pod == pod
+                && e.request.interface == interface
         })
     }
 
@@ -141,7 +145,9 @@ impl Registry {
 
     /// Writes the registry crash-safely: a temporary file, fsync, rename, fsync the directory.
     fn save(&self) -> std::io::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let list: Vec<&Endpoint> = self.endpoints.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
         write_atomically(path, &bytes)

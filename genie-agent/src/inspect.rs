@@ -22,7 +22,12 @@ use crate::{
 /// An address from the maps' 16-byte form.
 pub fn ip_from16(addr: IpAddr16) -> IpAddr {
     if addr.is_v4() {
-        IpAddr::V4(Ipv4Addr::new(addr.addr[12], addr.addr[13], addr.addr[14], addr.addr[15]))
+        IpAddr::V4(Ipv4Addr::new(
+            addr.addr[12],
+            addr.addr[13],
+            addr.addr[14],
+            addr.addr[15],
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::from(addr.addr))
     }
@@ -50,7 +55,14 @@ impl IdentityNames {
         match self.0.get(&identity) {
             Some(info) => {
                 let tenant = name(&info.tenant);
-                (if tenant.is_empty() { "<none>".to_owned() } else { tenant }, name(&info.network))
+                (
+                    if tenant.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        tenant
+                    },
+                    name(&info.network),
+                )
             }
             None => (String::new(), format!("identity-{identity}")),
         }
@@ -104,10 +116,18 @@ pub fn endpoints(bpffs: &Path, state_dir: &Path) -> Result<Vec<EndpointRow>, Dat
             addresses.sort();
             EndpointRow {
                 id: info.endpoint_id,
-                namespace: registered.map(|e| e.request.namespace.clone()).unwrap_or_default(),
-                pod: registered.map(|e| e.request.pod.clone()).unwrap_or_default(),
-                interface: registered.map(|e| e.request.interface.clone()).unwrap_or_default(),
-                host_interface: registered.map(|e| e.request.host_interface.clone()).unwrap_or_default(),
+                namespace: registered
+                    .map(|e| e.request.namespace.clone())
+                    .unwrap_or_default(),
+                pod: registered
+                    .map(|e| e.request.pod.clone())
+                    .unwrap_or_default(),
+                interface: registered
+                    .map(|e| e.request.interface.clone())
+                    .unwrap_or_default(),
+                host_interface: registered
+                    .map(|e| e.request.host_interface.clone())
+                    .unwrap_or_default(),
                 ifindex: *ifindex,
                 tenant,
                 network,
@@ -210,7 +230,13 @@ pub fn policy(bpffs: &Path) -> Result<PolicyView, DataplaneError> {
             } else {
                 value.ranges[..value.count as usize]
                     .iter()
-                    .map(|r| if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) })
+                    .map(|r| {
+                        if r.first == r.last {
+                            r.first.to_string()
+                        } else {
+                            format!("{}-{}", r.first, r.last)
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(",")
             },

@@ -13,7 +13,8 @@ pub mod netns;
 pub mod reconcile;
 
 /// The eBPF object built by `build.rs` (`xtask::ebpf`), with BTF.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/genie.bpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/genie.bpf.o"));
 
 /// Default root of genie's pins in bpffs (DESIGN.md §1).
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/genie";

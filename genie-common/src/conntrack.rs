@@ -20,7 +20,13 @@ pub const REFRESH_NS: u64 = SECOND;
 
 /// The canonical key of a flow and whether `src` is its `lo` side.
 #[inline(always)]
-pub fn flow_key(src: IpAddr16, dst: IpAddr16, sport: u16, dport: u16, protocol: u8) -> (CtKey, bool) {
+pub fn flow_key(
+    src: IpAddr16,
+    dst: IpAddr16,
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+) -> (CtKey, bool) {
     let src_is_lo = (src.addr, sport) <= (dst.addr, dport);
     let (addr_lo, port_lo, addr_hi, port_hi) = if src_is_lo {
         (src, sport, dst, dport)

@@ -293,7 +293,12 @@ const _: () = assert!(size_of::<CounterKey>() == 12);
 
 impl CounterKey {
     /// The key for one endpoint, direction and reason.
-    pub const fn new(endpoint_id: u32, identity: u32, direction: Direction, reason: Reason) -> Self {
+    pub const fn new(
+        endpoint_id: u32,
+        identity: u32,
+        direction: Direction,
+        reason: Reason,
+    ) -> Self {
         Self {
             endpoint_id,
             identity,
@@ -359,7 +364,10 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_limit_and_are_distinct() {
         for (i, name) in ALL_MAPS.iter().enumerate() {
-            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+            assert!(
+                name.len() <= 15,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
             assert!(!ALL_MAPS[i + 1..].contains(name));
         }
     }
@@ -369,7 +377,9 @@ mod tests {
         let a = IpAddr16::from_v4([198, 18, 0, 1]);
         assert!(a.is_v4());
         assert_eq!(&a.addr[10..], &[0xff, 0xff, 198, 18, 0, 1]);
-        assert!(!IpAddr16::from_v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4());
+        assert!(
+            !IpAddr16::from_v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4()
+        );
     }
 
     #[test]
@@ -377,13 +387,22 @@ mod tests {
         let mut v = PolicyValue::default();
         assert!(v.allows_port(1), "count 0 allows every port");
         v.count = 2;
-        v.ranges[0] = PortRange { first: 80, last: 80 };
-        v.ranges[1] = PortRange { first: 8000, last: 8080 };
+        v.ranges[0] = PortRange {
+            first: 80,
+            last: 80,
+        };
+        v.ranges[1] = PortRange {
+            first: 8000,
+            last: 8080,
+        };
         assert!(v.allows_port(80));
         assert!(v.allows_port(8000) && v.allows_port(8080) && v.allows_port(8042));
         assert!(!v.allows_port(81) && !v.allows_port(7999) && !v.allows_port(8081));
         // Ranges beyond `count` are ignored even when set.
-        v.ranges[2] = PortRange { first: 1, last: 65535 };
+        v.ranges[2] = PortRange {
+            first: 1,
+            last: 65535,
+        };
         assert!(!v.allows_port(22));
     }
 }

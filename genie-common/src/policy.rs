@@ -62,7 +62,10 @@ pub fn decide_new_flow(
     if src.identity == HOST {
         return Reason::Forwarded;
     }
-    if dst.identity == DNS && dport == DNS_PORT && (protocol == proto::UDP || protocol == proto::TCP) {
+    if dst.identity == DNS
+        && dport == DNS_PORT
+        && (protocol == proto::UDP || protocol == proto::TCP)
+    {
         return Reason::Forwarded;
     }
     let policy_allows = || {
@@ -72,7 +75,10 @@ pub fn decide_new_flow(
             protocol,
             _pad: [0; 3],
         };
-        let any = PolicyKey { protocol: 0, ..exact };
+        let any = PolicyKey {
+            protocol: 0,
+            ..exact
+        };
         allowed(&exact, dport) || allowed(&any, dport)
     };
     if dst.identity == HOST {
@@ -123,48 +129,111 @@ mod tests {
     fn the_rows_of_design_section_3() {
         let none = |_: &PolicyKey, _: u16| false;
         // same identity
-        assert_eq!(decide_new_flow(side(A, 0), side(A, 0), proto::UDP, 9, none), Reason::Forwarded);
-        // A → B only through policy, one way, on the listed port
-        assert_eq!(decide_new_flow(side(A, 0), side(B, 0), proto::TCP, 80, a_to_b_tcp_80), Reason::Forwarded);
-        assert_eq!(decide_new_flow(side(A, 0), side(B, 0), proto::TCP, 81, a_to_b_tcp_80), Reason::Policy);
-        assert_eq!(decide_new_flow(side(A, 0), side(B, 0), proto::UDP, 80, a_to_b_tcp_80), Reason::Policy);
-        assert_eq!(decide_new_flow(side(B, 0), side(A, 0), proto::TCP, 80, a_to_b_tcp_80), Reason::Policy);
-        // endpoint → HOST
-        assert_eq!(decide_new_flow(side(A, 0), side(HOST, 0), proto::TCP, 22, none), Reason::HostAccess);
         assert_eq!(
-            decide_new_flow(side(A, identity_flags::ALLOW_HOST), side(HOST, 0), proto::TCP, 22, none),
+            decide_new_flow(side(A, 0), side(A, 0), proto::UDP, 9, none),
+            Reason::Forwarded
+        );
+        // A → B only through policy, one way, on the listed port
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(B, 0), proto::TCP, 80, a_to_b_tcp_80),
+            Reason::Forwarded
+        );
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(B, 0), proto::TCP, 81, a_to_b_tcp_80),
+            Reason::Policy
+        );
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(B, 0), proto::UDP, 80, a_to_b_tcp_80),
+            Reason::Policy
+        );
+        assert_eq!(
+            decide_new_flow(side(B, 0), side(A, 0), proto::TCP, 80, a_to_b_tcp_80),
+            Reason::Policy
+        );
+        // endpoint → HOST
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(HOST, 0), proto::TCP, 22, none),
+            Reason::HostAccess
+        );
+        assert_eq!(
+            decide_new_flow(
+                side(A, identity_flags::ALLOW_HOST),
+                side(HOST, 0),
+                proto::TCP,
+                22,
+                none
+            ),
             Reason::Forwarded
         );
         // HOST → endpoint
-        assert_eq!(decide_new_flow(side(HOST, 0), side(A, 0), proto::TCP, 22, none), Reason::Forwarded);
-        // endpoint → WORLD
-        assert_eq!(decide_new_flow(side(A, 0), side(WORLD, 0), proto::TCP, 443, none), Reason::ExternalEgress);
         assert_eq!(
-            decide_new_flow(side(A, identity_flags::ALLOW_EXTERNAL), side(WORLD, 0), proto::TCP, 443, none),
+            decide_new_flow(side(HOST, 0), side(A, 0), proto::TCP, 22, none),
+            Reason::Forwarded
+        );
+        // endpoint → WORLD
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(WORLD, 0), proto::TCP, 443, none),
+            Reason::ExternalEgress
+        );
+        assert_eq!(
+            decide_new_flow(
+                side(A, identity_flags::ALLOW_EXTERNAL),
+                side(WORLD, 0),
+                proto::TCP,
+                443,
+                none
+            ),
             Reason::Forwarded
         );
         // WORLD → endpoint
-        assert_eq!(decide_new_flow(side(WORLD, 0), side(A, 0), proto::TCP, 443, none), Reason::ExternalIngress);
         assert_eq!(
-            decide_new_flow(side(WORLD, 0), side(A, identity_flags::ALLOW_EXTERNAL_INGRESS), proto::TCP, 443, none),
+            decide_new_flow(side(WORLD, 0), side(A, 0), proto::TCP, 443, none),
+            Reason::ExternalIngress
+        );
+        assert_eq!(
+            decide_new_flow(
+                side(WORLD, 0),
+                side(A, identity_flags::ALLOW_EXTERNAL_INGRESS),
+                proto::TCP,
+                443,
+                none
+            ),
             Reason::Forwarded
         );
         // cluster DNS
-        assert_eq!(decide_new_flow(side(A, 0), side(DNS, 0), proto::UDP, 53, none), Reason::Forwarded);
-        assert_eq!(decide_new_flow(side(A, 0), side(DNS, 0), proto::TCP, 53, none), Reason::Forwarded);
-        assert_eq!(decide_new_flow(side(A, 0), side(DNS, 0), proto::UDP, 54, none), Reason::Policy);
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(DNS, 0), proto::UDP, 53, none),
+            Reason::Forwarded
+        );
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(DNS, 0), proto::TCP, 53, none),
+            Reason::Forwarded
+        );
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(DNS, 0), proto::UDP, 54, none),
+            Reason::Policy
+        );
     }
 
     #[test]
     fn protocol_zero_allows_everything_between_two_identities() {
         let any = |key: &PolicyKey, _: u16| key.protocol == 0 && key.src_identity == A;
-        assert_eq!(decide_new_flow(side(A, 0), side(B, 0), proto::ICMP, 0, any), Reason::Forwarded);
-        assert_eq!(decide_new_flow(side(A, 0), side(B, 0), 47, 0, any), Reason::Forwarded);
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(B, 0), proto::ICMP, 0, any),
+            Reason::Forwarded
+        );
+        assert_eq!(
+            decide_new_flow(side(A, 0), side(B, 0), 47, 0, any),
+            Reason::Forwarded
+        );
     }
 
     #[test]
     fn classification_prefers_exact_addresses() {
-        let exact = AddrInfo { identity: A, endpoint_id: 3 };
+        let exact = AddrInfo {
+            identity: A,
+            endpoint_id: 3,
+        };
         let cidr = CidrInfo { identity: B };
         assert_eq!(classify(Some(exact), Some(cidr)), A);
         assert_eq!(classify(None, Some(cidr)), B);

@@ -71,7 +71,11 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
             } else {
                 parse_ipv6(ctx, &mut ip)
             };
-            if status == OK { Ok(Parsed::Ip(ip)) } else { Err(()) }
+            if status == OK {
+                Ok(Parsed::Ip(ip))
+            } else {
+                Err(())
+            }
         }
         _ => Ok(Parsed::Other),
     }

@@ -38,9 +38,8 @@ pub fn decide(ctx: &TcContext, direction: Direction) -> Verdict {
         Err(()) => Reason::Malformed,
         Ok(Parsed::Other) => Reason::UnsupportedProtocol,
         Ok(Parsed::Arp(arp)) => arp_verdict(&endpoint, &arp, direction),
-        Ok(Parsed::Ip(ip)) => {
-            Reason::from_u8(ip_verdict(&endpoint, &ip, direction as u8)).unwrap_or(Reason::Malformed)
-        }
+        Ok(Parsed::Ip(ip)) => Reason::from_u8(ip_verdict(&endpoint, &ip, direction as u8))
+            .unwrap_or(Reason::Malformed),
     };
     Verdict { endpoint, reason }
 }
@@ -79,7 +78,15 @@ fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: Direction) -> Reas
 // function's BTF signature loadable (see `parse`).
 #[inline(never)]
 fn ip_verdict(endpoint: &EndpointInfo, ip: &Ip, direction: u8) -> u8 {
-    ip_reason(endpoint, ip, if direction == Direction::Egress as u8 { Direction::Egress } else { Direction::Ingress }) as u8
+    ip_reason(
+        endpoint,
+        ip,
+        if direction == Direction::Egress as u8 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        },
+    ) as u8
 }
 
 #[inline(always)]
@@ -120,7 +127,13 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, direction: Direction) -> Reason {
                 } else {
                     (key.addr_hi, key.addr_lo, key.port_lo)
                 };
-                let reason = decide_new_flow(side_of(&src), side_of(&dst), ip.protocol, dport, policy_allows);
+                let reason = decide_new_flow(
+                    side_of(&src),
+                    side_of(&dst),
+                    ip.protocol,
+                    dport,
+                    policy_allows,
+                );
                 if reason.is_drop() {
                     let _ = CONNTRACK.remove(&key);
                     return Reason::Revoked;
@@ -165,7 +178,9 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, direction: Direction) -> Reason {
 #[inline(always)]
 fn identity_flags(identity: u32) -> u32 {
     // SAFETY: copied out at once.
-    unsafe { IDENTITIES.get(identity) }.map(|i| i.flags).unwrap_or(0)
+    unsafe { IDENTITIES.get(identity) }
+        .map(|i| i.flags)
+        .unwrap_or(0)
 }
 
 #[inline(always)]

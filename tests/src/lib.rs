@@ -8,6 +8,7 @@
 pub mod names;
 pub mod node;
 pub mod packet;
+pub mod probe;
 pub mod topology;
 pub mod traffic;
 

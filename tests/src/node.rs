@@ -27,7 +27,11 @@ pub fn genie_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test knows its executable");
     let dir = exe.parent().expect("executable has a directory");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent")
+    } else {
+        dir
+    };
     dir.join("genie")
 }
 
@@ -152,7 +156,10 @@ impl TestNode {
         self.agent = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Response { status: Some(s), .. }) = self.call(&Request::Status) {
+            if let Ok(Response {
+                status: Some(s), ..
+            }) = self.call(&Request::Status)
+            {
                 if s.ready {
                     return Ok(());
                 }

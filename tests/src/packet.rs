@@ -1,6 +1,9 @@
 //! Crafted packets, and running a program on them through `BPF_PROG_TEST_RUN`.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -16,6 +19,224 @@ pub const TC_ACT_SHOT: u32 = 2;
 
 /// Byte offset of `ifindex` in `struct __sk_buff` (uapi/linux/bpf.h).
 const SKB_IFINDEX_OFFSET: usize = 40;
+
+/// The transport part of a crafted packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// ICMP or ICMPv6 (by the address family) with a type and an echo identifier.
+    Icmp {
+        icmp_type: u8,
+        id: u16,
+    },
+    /// Any other protocol, no header.
+    Other {
+        protocol: u8,
+    },
+}
+
+/// TCP flag bits.
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// ICMP types used by the tests.
+pub mod icmp {
+    pub const ECHO_REQUEST_V4: u8 = 8;
+    pub const ECHO_REPLY_V4: u8 = 0;
+    pub const ECHO_REQUEST_V6: u8 = 128;
+    pub const ECHO_REPLY_V6: u8 = 129;
+    pub const NEIGHBOUR_SOLICITATION: u8 = 135;
+}
+
+/// How a crafted IP packet is fragmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fragment {
+    #[default]
+    None,
+    /// First fragment: offset 0, more fragments follow (carries the L4 header).
+    First,
+    /// A later fragment: non-zero offset (no L4 header).
+    Later,
+}
+
+/// A crafted IPv4 or IPv6 packet in an Ethernet frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub l4: L4,
+    pub fragment: Fragment,
+}
+
+impl Packet {
+    /// The frame's bytes (IPv4 header checksum valid; L4 checksums are left zero, which the
+    /// programs never look at).
+    pub fn frame(&self) -> Vec<u8> {
+        let (protocol, mut l4) = match self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = flags;
+                h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                (6u8, h)
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = vec![0u8; 8 + 16];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..6].copy_from_slice(&24u16.to_be_bytes());
+                (17, h)
+            }
+            L4::Icmp { icmp_type, id } => {
+                let mut h = vec![0u8; 8 + 16];
+                h[0] = icmp_type;
+                h[4..6].copy_from_slice(&id.to_be_bytes());
+                h[6..8].copy_from_slice(&1u16.to_be_bytes());
+                (if self.src.is_ipv6() { 58 } else { 1 }, h)
+            }
+            L4::Other { protocol } => (protocol, vec![0u8; 16]),
+        };
+        if self.fragment == Fragment::Later {
+            // A later fragment carries payload, not the transport header.
+            l4 = vec![0xabu8; l4.len()];
+        }
+        let mut frame = Vec::with_capacity(14 + 60 + l4.len());
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut ip = [0u8; 20];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+                ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+                let frag: u16 = match self.fragment {
+                    Fragment::None => 0x4000,  // don't fragment
+                    Fragment::First => 0x2000, // more fragments, offset 0
+                    Fragment::Later => 0x0003, // offset 3 × 8 bytes, last
+                };
+                ip[6..8].copy_from_slice(&frag.to_be_bytes());
+                ip[8] = 64;
+                ip[9] = protocol;
+                ip[12..16].copy_from_slice(&src.octets());
+                ip[16..20].copy_from_slice(&dst.octets());
+                let csum = checksum(&ip, 0);
+                ip[10..12].copy_from_slice(&csum.to_be_bytes());
+                frame.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut ip = [0u8; 40];
+                ip[0] = 0x60;
+                let (next, extra) = if self.fragment == Fragment::None {
+                    (protocol, Vec::new())
+                } else {
+                    // Fragment header (RFC 8200 §4.5): next header, reserved, offset+M, id.
+                    let offset_m: u16 = if self.fragment == Fragment::First {
+                        0x0001
+                    } else {
+                        3 << 3
+                    };
+                    let mut fh = vec![protocol, 0];
+                    fh.extend_from_slice(&offset_m.to_be_bytes());
+                    fh.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+                    (44, fh)
+                };
+                ip[4..6].copy_from_slice(&((extra.len() + l4.len()) as u16).to_be_bytes());
+                ip[6] = next;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&src.octets());
+                ip[24..40].copy_from_slice(&dst.octets());
+                frame.extend_from_slice(&ip);
+                frame.extend_from_slice(&extra);
+            }
+            _ => panic!("source and destination must be of one family"),
+        }
+        frame.extend_from_slice(&l4);
+        frame
+    }
+
+    /// The same packet in the other direction (addresses, MACs and ports swapped; an echo
+    /// request becomes its reply).
+    pub fn reply(&self) -> Packet {
+        let l4 = match self.l4 {
+            L4::Tcp { sport, dport, .. } => L4::Tcp {
+                sport: dport,
+                dport: sport,
+                flags: tcp::SYN | tcp::ACK,
+            },
+            L4::Udp { sport, dport } => L4::Udp {
+                sport: dport,
+                dport: sport,
+            },
+            L4::Icmp { icmp_type, id } => L4::Icmp {
+                icmp_type: match icmp_type {
+                    icmp::ECHO_REQUEST_V4 => icmp::ECHO_REPLY_V4,
+                    icmp::ECHO_REQUEST_V6 => icmp::ECHO_REPLY_V6,
+                    other => other,
+                },
+                id,
+            },
+            other => other,
+        };
+        Packet {
+            src_mac: self.dst_mac,
+            dst_mac: self.src_mac,
+            src: self.dst,
+            dst: self.src,
+            l4,
+            fragment: self.fragment,
+        }
+    }
+}
+
+/// An ARP request (RFC 826) from `sender_mac`/`sender_ip` for `target_ip`.
+pub fn arp_request(
+    eth_src: [u8; 6],
+    sender_mac: [u8; 6],
+    sender_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&eth_src);
+    frame.extend_from_slice(&0x0806u16.to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    frame.extend_from_slice(&sender_mac);
+    frame.extend_from_slice(&sender_ip.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target_ip.octets());
+    frame
+}
+
+/// A frame of another Ethernet type (LLDP).
+pub fn lldp(eth_src: [u8; 6]) -> Vec<u8> {
+    let mut frame = vec![0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e];
+    frame.extend_from_slice(&eth_src);
+    frame.extend_from_slice(&0x88ccu16.to_be_bytes());
+    frame.extend_from_slice(&[0u8; 46]);
+    frame
+}
 
 /// An Ethernet + IPv4 + UDP frame with valid checksums.
 pub fn ipv4_udp(

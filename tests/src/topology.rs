@@ -216,10 +216,17 @@ impl Topology {
             .context("at most 200 pods per topology")?;
         let gateway = Ipv4Addr::new(198, 18, subnet, 1);
         if !self.subnets.contains(&subnet) {
-            self.node.ip(&["addr", "add", &format!("{gateway}/{POD_SUBNET_PREFIX}"), "dev", "br0"])?;
+            self.node.ip(&[
+                "addr",
+                "add",
+                &format!("{gateway}/{POD_SUBNET_PREFIX}"),
+                "dev",
+                "br0",
+            ])?;
             if self.subnets.is_empty() {
                 // Routing between pod subnets happens in the node namespace only.
-                self.node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                self.node
+                    .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             }
             self.subnets.push(subnet);
         }
@@ -234,13 +241,27 @@ impl Topology {
         };
         let mac = mac_string(pod.mac);
         self.node.ip(&[
-            "link", "add", &pod.host_ifname, "type", "veth", "peer", "name", "eth0", "address",
-            &mac, "netns", pod.netns.name(),
+            "link",
+            "add",
+            &pod.host_ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            &mac,
+            "netns",
+            pod.netns.name(),
         ])?;
         self.node
             .ip(&["link", "set", &pod.host_ifname, "master", "br0", "up"])?;
         pod.netns.ip(&[
-            "addr", "add", &format!("{}/{POD_SUBNET_PREFIX}", pod.ipv4), "dev", "eth0",
+            "addr",
+            "add",
+            &format!("{}/{POD_SUBNET_PREFIX}", pod.ipv4),
+            "dev",
+            "eth0",
         ])?;
         pod.netns.ip(&["link", "set", "eth0", "up"])?;
         pod.netns
@@ -248,22 +269,50 @@ impl Topology {
 
         // Static L2 state: no ARP, and the bridge never floods a frame to a third pod.
         run(Command::new("bridge").args([
-            "-netns", self.node.name(), "fdb", "replace", &mac, "dev", &pod.host_ifname,
-            "master", "static",
+            "-netns",
+            self.node.name(),
+            "fdb",
+            "replace",
+            &mac,
+            "dev",
+            &pod.host_ifname,
+            "master",
+            "static",
         ]))?;
         self.node.ip(&[
-            "neigh", "replace", &pod.ipv4.to_string(), "lladdr", &mac, "dev", "br0", "nud",
+            "neigh",
+            "replace",
+            &pod.ipv4.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "br0",
+            "nud",
             "permanent",
         ])?;
         pod.netns.ip(&[
-            "neigh", "replace", &gateway.to_string(), "lladdr", &mac_string(NODE_MAC),
-            "dev", "eth0", "nud", "permanent",
+            "neigh",
+            "replace",
+            &gateway.to_string(),
+            "lladdr",
+            &mac_string(NODE_MAC),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
         ])?;
         for other in self.pods.iter().filter(|o| o.gateway == gateway) {
             for (a, b) in [(&pod, other), (other, &pod)] {
                 a.netns.ip(&[
-                    "neigh", "replace", &b.ipv4.to_string(), "lladdr", &mac_string(b.mac),
-                    "dev", "eth0", "nud", "permanent",
+                    "neigh",
+                    "replace",
+                    &b.ipv4.to_string(),
+                    "lladdr",
+                    &mac_string(b.mac),
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
                 ])?;
             }
         }

@@ -40,7 +40,12 @@ metadata: {name: back}
 spec: {tenant: demo, subnet: 198.18.101.0/24}
 ";
 
-fn counter(rows: &[CounterRow], endpoint_id: u32, direction: Direction, reason: Reason) -> CounterValue {
+fn counter(
+    rows: &[CounterRow],
+    endpoint_id: u32,
+    direction: Direction,
+    reason: Reason,
+) -> CounterValue {
     rows.iter()
         .filter(|r| r.endpoint_id == endpoint_id && r.direction == direction && r.reason == reason)
         .fold(CounterValue::default(), |acc, r| acc.add(r.value))
@@ -73,19 +78,45 @@ fn counts_exactly_the_packets_sent_between_two_pods() {
 
     let rows = read_counters(node.bpffs()).unwrap();
     let bytes = SENT as u64 * (UDP_OVERHEAD + PAYLOAD as u64);
-    let expected = CounterValue { packets: SENT as u64, bytes };
-    assert_eq!(counter(&rows, 1, Direction::Egress, Reason::Forwarded), expected, "a sent: {rows:?}");
-    assert_eq!(counter(&rows, 2, Direction::Ingress, Reason::Forwarded), expected, "b received: {rows:?}");
+    let expected = CounterValue {
+        packets: SENT as u64,
+        bytes,
+    };
+    assert_eq!(
+        counter(&rows, 1, Direction::Egress, Reason::Forwarded),
+        expected,
+        "a sent: {rows:?}"
+    );
+    assert_eq!(
+        counter(&rows, 2, Direction::Ingress, Reason::Forwarded),
+        expected,
+        "b received: {rows:?}"
+    );
     // Nothing else crossed the wire: static neighbours, no IPv6, UDP has no replies.
-    assert_eq!(counter(&rows, 1, Direction::Ingress, Reason::Forwarded), CounterValue::default());
-    assert_eq!(counter(&rows, 2, Direction::Egress, Reason::Forwarded), CounterValue::default());
+    assert_eq!(
+        counter(&rows, 1, Direction::Ingress, Reason::Forwarded),
+        CounterValue::default()
+    );
+    assert_eq!(
+        counter(&rows, 2, Direction::Egress, Reason::Forwarded),
+        CounterValue::default()
+    );
 
     // Replies count in the other direction: 5 pings are 5 requests and 5 replies.
     assert_eq!(traffic::ping(a, b.ipv4, 5).unwrap(), 5);
     let rows = read_counters(node.bpffs()).unwrap();
-    assert_eq!(counter(&rows, 1, Direction::Egress, Reason::Forwarded).packets, SENT as u64 + 5);
-    assert_eq!(counter(&rows, 2, Direction::Egress, Reason::Forwarded).packets, 5);
-    assert_eq!(counter(&rows, 1, Direction::Ingress, Reason::Forwarded).packets, 5);
+    assert_eq!(
+        counter(&rows, 1, Direction::Egress, Reason::Forwarded).packets,
+        SENT as u64 + 5
+    );
+    assert_eq!(
+        counter(&rows, 2, Direction::Egress, Reason::Forwarded).packets,
+        5
+    );
+    assert_eq!(
+        counter(&rows, 1, Direction::Ingress, Reason::Forwarded).packets,
+        5
+    );
 }
 
 #[test]
@@ -101,7 +132,10 @@ fn counters_stay_at_zero_without_the_program() {
     let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
     assert_eq!(traffic::udp(a, b, 7001, 50, 64).unwrap(), 50);
     let rows = read_counters(node.bpffs()).unwrap();
-    assert!(rows.iter().all(|r| r.value.packets == 0), "counted without a program: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r.value.packets == 0),
+        "counted without a program: {rows:?}"
+    );
 }
 
 #[test]
@@ -111,8 +145,16 @@ fn tcp_flows_are_counted_both_ways() {
     assert!(traffic::tcp_echo(node.topo.pod("a"), node.topo.pod("b"), 7100).unwrap());
     let rows = read_counters(node.bpffs()).unwrap();
     // SYN, ACK, data, FIN… at least three each way; the exact number depends on the stack.
-    for (id, dir) in [(1, Direction::Egress), (2, Direction::Ingress), (2, Direction::Egress), (1, Direction::Ingress)] {
-        assert!(counter(&rows, id, dir, Reason::Forwarded).packets >= 3, "{id} {dir:?}: {rows:?}");
+    for (id, dir) in [
+        (1, Direction::Egress),
+        (2, Direction::Ingress),
+        (2, Direction::Egress),
+        (1, Direction::Ingress),
+    ] {
+        assert!(
+            counter(&rows, id, dir, Reason::Forwarded).packets >= 3,
+            "{id} {dir:?}: {rows:?}"
+        );
     }
     assert_eq!(
         counter(&rows, 1, Direction::Egress, Reason::Forwarded),
@@ -141,8 +183,20 @@ fn crafted_packets_through_prog_test_run() {
 
     let rows = read_counters(node.bpffs()).unwrap();
     let len = frame.len() as u64;
-    assert_eq!(counter(&rows, 1, Direction::Egress, Reason::Forwarded), CounterValue { packets: 10, bytes: 10 * len });
-    assert_eq!(counter(&rows, 0, Direction::Egress, Reason::UnknownEndpoint), CounterValue { packets: 3, bytes: 3 * len });
+    assert_eq!(
+        counter(&rows, 1, Direction::Egress, Reason::Forwarded),
+        CounterValue {
+            packets: 10,
+            bytes: 10 * len
+        }
+    );
+    assert_eq!(
+        counter(&rows, 0, Direction::Egress, Reason::UnknownEndpoint),
+        CounterValue {
+            packets: 3,
+            bytes: 3 * len
+        }
+    );
 }
 
 #[test]
@@ -151,8 +205,16 @@ fn bpftool_prints_named_fields_of_every_map() {
     let (node, _agent) = two_pods();
     assert!(traffic::tcp_echo(node.topo.pod("a"), node.topo.pod("b"), 7200).unwrap());
     for map in ALL_MAPS {
-        let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(node.bpffs().join(map)).output().unwrap();
-        assert!(out.status.success(), "bpftool failed on {map}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(node.bpffs().join(map))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bpftool failed on {map}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let fields: &[&str] = match map {
             "genie_endpoints" => &["\"endpoint_id\": 1", "\"identity\"", "\"mac\""],
@@ -160,13 +222,27 @@ fn bpftool_prints_named_fields_of_every_map() {
             "genie_cidrs" => &["\"prefix_len\"", "\"identity\": 1"],
             "genie_idents" => &["\"flags\"", "\"tenant\"", "\"network\""],
             "genie_policy" => &["\"src_identity\"", "\"protocol\": 6", "\"first\": 5432"],
-            "genie_ct" => &["\"addr_lo\"", "\"port_hi\"", "\"last_seen_ns\"", "\"epoch\""],
+            "genie_ct" => &[
+                "\"addr_lo\"",
+                "\"port_hi\"",
+                "\"last_seen_ns\"",
+                "\"epoch\"",
+            ],
             "genie_config" => &["\"policy_epoch\""],
-            "genie_counters" => &["\"endpoint_id\"", "\"direction\"", "\"reason\"", "\"packets\"", "\"bytes\""],
+            "genie_counters" => &[
+                "\"endpoint_id\"",
+                "\"direction\"",
+                "\"reason\"",
+                "\"packets\"",
+                "\"bytes\"",
+            ],
             other => panic!("no expectation for map {other}"),
         };
         for field in fields {
-            assert!(text.contains(field), "bpftool dump of {map} lacks {field}:\n{text}");
+            assert!(
+                text.contains(field),
+                "bpftool dump of {map} lacks {field}:\n{text}"
+            );
         }
     }
 }
@@ -180,13 +256,21 @@ fn a_test_that_panics_midway_leaves_nothing_behind() {
     let created = std::panic::catch_unwind(|| {
         let (node, _agent) = two_pods();
         let base = node.topo.base().to_owned();
-        assert!(!names::leftovers_of_this_process().is_empty(), "the topology exists while the test runs");
+        assert!(
+            !names::leftovers_of_this_process().is_empty(),
+            "the topology exists while the test runs"
+        );
         std::panic::panic_any(Midway(base));
     })
     .expect_err("the closure panics");
-    let Midway(base) = created.downcast_ref::<Midway>().expect("the deliberate panic, not another one");
+    let Midway(base) = created
+        .downcast_ref::<Midway>()
+        .expect("the deliberate panic, not another one");
     let after = names::leftovers_of_this_process();
     assert_eq!(after, before, "left behind by {base}: {after:?}");
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("gv1"), "no veth leaked into the root namespace");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("gv1"),
+        "no veth leaked into the root namespace"
+    );
 }

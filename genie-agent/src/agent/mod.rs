@@ -101,10 +101,11 @@ impl Agent {
     pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(&config.bpffs)?;
         let maps = PinnedMaps::open(&config.bpffs)?;
-        let registry = Registry::open(&config.state_dir).map_err(|source| AgentError::Registry {
-            path: config.state_dir.clone(),
-            source,
-        })?;
+        let registry =
+            Registry::open(&config.state_dir).map_err(|source| AgentError::Registry {
+                path: config.state_dir.clone(),
+                source,
+            })?;
         let mut agent = Self {
             config,
             dataplane,
@@ -132,10 +133,12 @@ impl Agent {
                 Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
                     warn!(endpoint = ep.id, pod = %ep.request.pod, "interface is gone or was replaced; forgetting the endpoint");
                     self.dataplane.detach(ep.id)?;
-                    self.registry.remove(ep.id).map_err(|source| AgentError::Registry {
-                        path: self.config.state_dir.clone(),
-                        source,
-                    })?;
+                    self.registry
+                        .remove(ep.id)
+                        .map_err(|source| AgentError::Registry {
+                            path: self.config.state_dir.clone(),
+                            source,
+                        })?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -227,34 +230,49 @@ impl Agent {
     /// done so far is undone.
     pub fn add_endpoint(&mut self, request: EndpointRequest) -> Result<Endpoint, AgentError> {
         let Some(model) = &self.model else {
-            return Err(AgentError::NotReady(self.config_error.clone().unwrap_or_default()));
+            return Err(AgentError::NotReady(
+                self.config_error.clone().unwrap_or_default(),
+            ));
         };
         check_name(&request.namespace).map_err(|m| AgentError::refused("namespace", m))?;
         if request.pod.is_empty() {
             return Err(AgentError::refused("pod", "must not be empty"));
         }
         validate_ifname(&request.interface).map_err(|m| AgentError::refused("interface", m))?;
-        validate_ifname(&request.host_interface).map_err(|m| AgentError::refused("hostInterface", m))?;
+        validate_ifname(&request.host_interface)
+            .map_err(|m| AgentError::refused("hostInterface", m))?;
         if let Some(mac) = &request.mac {
             parse_mac(mac).map_err(|m| AgentError::refused("mac", m))?;
         }
         if request.ips.is_empty() {
-            return Err(AgentError::refused("ips", "an endpoint needs at least one address"));
+            return Err(AgentError::refused(
+                "ips",
+                "an endpoint needs at least one address",
+            ));
         }
         let identity = model
             .identity_for(&request.namespace, &request.network)
             .map_err(|m| AgentError::refused("network", m))?;
-        if let Some(existing) = self.registry.find(&request.namespace, &request.pod, &request.interface) {
+        if let Some(existing) =
+            self.registry
+                .find(&request.namespace, &request.pod, &request.interface)
+        {
             return Err(AgentError::refused(
                 "interface",
-                format!("{}/{} already has interface {} (endpoint {})", request.namespace, request.pod, request.interface, existing.id),
+                format!(
+                    "{}/{} already has interface {} (endpoint {})",
+                    request.namespace, request.pod, request.interface, existing.id
+                ),
             ));
         }
         for ip in &request.ips {
             if let Some(owner) = self.registry.all().find(|e| e.request.ips.contains(ip)) {
                 return Err(AgentError::refused(
                     "ips",
-                    format!("{ip} already belongs to {}/{} {}", owner.request.namespace, owner.request.pod, owner.request.interface),
+                    format!(
+                        "{ip} already belongs to {}/{} {}",
+                        owner.request.namespace, owner.request.pod, owner.request.interface
+                    ),
                 ));
             }
         }
@@ -287,7 +305,11 @@ impl Agent {
             })?;
         let result = self.reconcile().and_then(|_| {
             self.dataplane
-                .attach(&endpoint.request.netns, &endpoint.request.host_interface, endpoint.id)
+                .attach(
+                    &endpoint.request.netns,
+                    &endpoint.request.host_interface,
+                    endpoint.id,
+                )
                 .map_err(AgentError::from)
         });
         if let Err(e) = result {
@@ -301,15 +323,22 @@ impl Agent {
     }
 
     /// Detaches and forgets an endpoint. Removing one that does not exist succeeds.
-    pub fn remove_endpoint(&mut self, namespace: &str, pod: &str, interface: &str) -> Result<Option<Endpoint>, AgentError> {
+    pub fn remove_endpoint(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        interface: &str,
+    ) -> Result<Option<Endpoint>, AgentError> {
         let Some(endpoint) = self.registry.find(namespace, pod, interface).cloned() else {
             return Ok(None);
         };
         self.dataplane.detach(endpoint.id)?;
-        self.registry.remove(endpoint.id).map_err(|source| AgentError::Registry {
-            path: self.config.state_dir.clone(),
-            source,
-        })?;
+        self.registry
+            .remove(endpoint.id)
+            .map_err(|source| AgentError::Registry {
+                path: self.config.state_dir.clone(),
+                source,
+            })?;
         if self.model.is_some() {
             self.reconcile()?;
         }
@@ -339,7 +368,12 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("{name:?} must be 1 to 15 characters"));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err(format!("{name:?} contains '/', ':' or whitespace"));
     }
     Ok(())
@@ -354,10 +388,7 @@ pub fn cleanup(bpffs: &Path, state_dir: &Path, socket: &Path) -> Result<(), Agen
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(AgentError::Registry {
-                    path,
-                    source,
-                });
+                return Err(AgentError::Registry { path, source });
             }
         }
     }

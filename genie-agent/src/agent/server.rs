@@ -106,7 +106,9 @@ fn watch(agent: &Mutex<Agent>, dir: &Path) {
 }
 
 fn handle_connection(agent: &Mutex<Agent>, stream: UnixStream) {
-    let Ok(write_half) = stream.try_clone() else { return };
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
     let mut writer = write_half;
     let reader = BufReader::new(stream);
     for line in reader.lines() {
@@ -121,7 +123,9 @@ fn handle_connection(agent: &Mutex<Agent>, stream: UnixStream) {
             }
             Err(e) => Response::error("bad-request", "", format!("cannot decode the request: {e}")),
         };
-        let Ok(mut bytes) = serde_json::to_vec(&response) else { return };
+        let Ok(mut bytes) = serde_json::to_vec(&response) else {
+            return;
+        };
         bytes.push(b'\n');
         if writer.write_all(&bytes).is_err() {
             return;

@@ -64,14 +64,30 @@ impl PinnedMaps {
     /// Opens every map pinned under `bpffs`.
     pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
         Ok(Self {
-            endpoints: open(bpffs, ENDPOINTS_MAP)?.try_into().map_err(map_err(ENDPOINTS_MAP))?,
-            addrs: open(bpffs, ADDRS_MAP)?.try_into().map_err(map_err(ADDRS_MAP))?,
-            cidrs: open(bpffs, CIDRS_MAP)?.try_into().map_err(map_err(CIDRS_MAP))?,
-            identities: open(bpffs, IDENTITIES_MAP)?.try_into().map_err(map_err(IDENTITIES_MAP))?,
-            policy: open(bpffs, POLICY_MAP)?.try_into().map_err(map_err(POLICY_MAP))?,
-            conntrack: open(bpffs, CONNTRACK_MAP)?.try_into().map_err(map_err(CONNTRACK_MAP))?,
-            config: open(bpffs, CONFIG_MAP)?.try_into().map_err(map_err(CONFIG_MAP))?,
-            counters: open(bpffs, COUNTERS_MAP)?.try_into().map_err(map_err(COUNTERS_MAP))?,
+            endpoints: open(bpffs, ENDPOINTS_MAP)?
+                .try_into()
+                .map_err(map_err(ENDPOINTS_MAP))?,
+            addrs: open(bpffs, ADDRS_MAP)?
+                .try_into()
+                .map_err(map_err(ADDRS_MAP))?,
+            cidrs: open(bpffs, CIDRS_MAP)?
+                .try_into()
+                .map_err(map_err(CIDRS_MAP))?,
+            identities: open(bpffs, IDENTITIES_MAP)?
+                .try_into()
+                .map_err(map_err(IDENTITIES_MAP))?,
+            policy: open(bpffs, POLICY_MAP)?
+                .try_into()
+                .map_err(map_err(POLICY_MAP))?,
+            conntrack: open(bpffs, CONNTRACK_MAP)?
+                .try_into()
+                .map_err(map_err(CONNTRACK_MAP))?,
+            config: open(bpffs, CONFIG_MAP)?
+                .try_into()
+                .map_err(map_err(CONFIG_MAP))?,
+            counters: open(bpffs, COUNTERS_MAP)?
+                .try_into()
+                .map_err(map_err(COUNTERS_MAP))?,
         })
     }
 
@@ -93,7 +109,11 @@ impl PinnedMaps {
 
     /// The current policy epoch.
     pub fn epoch(&self) -> Result<u32, DataplaneError> {
-        Ok(self.config.get(&0, 0).map_err(map_err(CONFIG_MAP))?.policy_epoch)
+        Ok(self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(CONFIG_MAP))?
+            .policy_epoch)
     }
 
     /// Makes the maps equal `desired`, writing only what differs. New and changed entries go
@@ -102,8 +122,18 @@ impl PinnedMaps {
     pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, DataplaneError> {
         let current = self.read_state()?;
         let mut stats = ApplyStats::default();
-        stats.written += upsert(&mut self.identities, &current.identities, &desired.identities, IDENTITIES_MAP)?;
-        stats.written += upsert(&mut self.policy, &current.policy, &desired.policy, POLICY_MAP)?;
+        stats.written += upsert(
+            &mut self.identities,
+            &current.identities,
+            &desired.identities,
+            IDENTITIES_MAP,
+        )?;
+        stats.written += upsert(
+            &mut self.policy,
+            &current.policy,
+            &desired.policy,
+            POLICY_MAP,
+        )?;
         stats.written += upsert(&mut self.addrs, &current.addrs, &desired.addrs, ADDRS_MAP)?;
         for (key, value) in &desired.cidrs {
             if current.cidrs.get(key) != Some(value) {
@@ -113,10 +143,25 @@ impl PinnedMaps {
                 stats.written += 1;
             }
         }
-        stats.written += upsert(&mut self.endpoints, &current.endpoints, &desired.endpoints, ENDPOINTS_MAP)?;
+        stats.written += upsert(
+            &mut self.endpoints,
+            &current.endpoints,
+            &desired.endpoints,
+            ENDPOINTS_MAP,
+        )?;
 
-        stats.deleted += delete_stale(&mut self.endpoints, &current.endpoints, &desired.endpoints, ENDPOINTS_MAP)?;
-        stats.deleted += delete_stale(&mut self.policy, &current.policy, &desired.policy, POLICY_MAP)?;
+        stats.deleted += delete_stale(
+            &mut self.endpoints,
+            &current.endpoints,
+            &desired.endpoints,
+            ENDPOINTS_MAP,
+        )?;
+        stats.deleted += delete_stale(
+            &mut self.policy,
+            &current.policy,
+            &desired.policy,
+            POLICY_MAP,
+        )?;
         stats.deleted += delete_stale(&mut self.addrs, &current.addrs, &desired.addrs, ADDRS_MAP)?;
         for key in current.cidrs.keys() {
             if !desired.cidrs.contains_key(key) {
@@ -126,7 +171,12 @@ impl PinnedMaps {
                 }
             }
         }
-        stats.deleted += delete_stale(&mut self.identities, &current.identities, &desired.identities, IDENTITIES_MAP)?;
+        stats.deleted += delete_stale(
+            &mut self.identities,
+            &current.identities,
+            &desired.identities,
+            IDENTITIES_MAP,
+        )?;
 
         if stats.written + stats.deleted > 0 {
             let mut config = self.config.get(&0, 0).map_err(map_err(CONFIG_MAP))?;

@@ -28,11 +28,11 @@ use aya::{
 };
 pub use counters::{CounterRow, read_counters};
 pub use error::DataplaneError;
-pub use maps::{ApplyStats, PinnedMaps};
 use genie_common::{
     Direction, EndpointInfo,
     maps::{ALL_MAPS, ENDPOINTS_MAP},
 };
+pub use maps::{ApplyStats, PinnedMaps};
 
 use crate::{EBPF_OBJECT, netns};
 
@@ -130,7 +130,12 @@ impl Dataplane {
     ///
     /// The endpoint record must be in the maps first (see [`PinnedMaps::apply`]); until it is,
     /// the programs drop everything on the interface.
-    pub fn attach(&mut self, netns: &Path, ifname: &str, endpoint_id: u32) -> Result<u32, DataplaneError> {
+    pub fn attach(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        endpoint_id: u32,
+    ) -> Result<u32, DataplaneError> {
         let ifindex = interface_index(netns, ifname)?;
         let ep = EndpointAttachment {
             netns: netns.to_owned(),

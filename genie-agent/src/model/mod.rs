@@ -10,16 +10,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use genie_common::{
-    identity::network_identity,
-    maps::MAX_PORT_RANGES,
-    policy::proto,
-};
+use genie_common::{identity::network_identity, maps::MAX_PORT_RANGES, policy::proto};
 use ipnet::IpNet;
 use serde::{Deserialize as _, de::DeserializeOwned};
 
 pub use objects::API_VERSION;
-use objects::{Isolation, Limits, LogicalNetworkSpec, ObjectMeta, PhysicalNetworkSpec, PortRule, TenantSpec};
+use objects::{
+    Isolation, Limits, LogicalNetworkSpec, ObjectMeta, PhysicalNetworkSpec, PortRule, TenantSpec,
+};
 
 /// The name of every tenant's share of the cluster default network.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -185,8 +183,7 @@ pub fn load_dir(dir: &Path) -> Result<Model, ModelError> {
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
     files.sort();
@@ -270,7 +267,10 @@ fn raw_object(file: &Path, value: serde_yaml::Value) -> Result<Option<RawObject>
             &kind,
             &meta.name,
             "kind",
-            format!("unknown kind {kind:?} (expected one of {})", KINDS.join(", ")),
+            format!(
+                "unknown kind {kind:?} (expected one of {})",
+                KINDS.join(", ")
+            ),
         ));
     }
     if kind == "Pod" {
@@ -288,7 +288,10 @@ fn raw_object(file: &Path, value: serde_yaml::Value) -> Result<Option<RawObject>
     if let Err(message) = check_name(&meta.name) {
         return Err(field_err(&kind, &meta.name, "metadata.name", message));
     }
-    let spec = value.get("spec").cloned().unwrap_or(serde_yaml::Value::Null);
+    let spec = value
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_yaml::Value::Null);
     Ok(Some(RawObject {
         file: file.to_owned(),
         kind,
@@ -326,7 +329,11 @@ fn typed_spec<T: DeserializeOwned>(raw: &RawObject) -> Result<T, ConfigError> {
             file: raw.file.clone(),
             kind: raw.kind.clone(),
             name: raw.meta.name.clone(),
-            field: if path == "." { "spec".to_owned() } else { format!("spec.{path}") },
+            field: if path == "." {
+                "spec".to_owned()
+            } else {
+                format!("spec.{path}")
+            },
             message: e.into_inner().to_string(),
         }
     })
@@ -346,7 +353,9 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             field: field.to_owned(),
             message,
         };
-        if let Some(first) = seen.insert((raw.kind.clone(), raw.meta.name.clone()), raw.file.clone()) {
+        if let Some(first) =
+            seen.insert((raw.kind.clone(), raw.meta.name.clone()), raw.file.clone())
+        {
             errors.push(err(
                 "metadata.name",
                 format!("defined twice (also in {})", first.display()),
@@ -383,7 +392,10 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
     }
 
     let mut identities: BTreeMap<u32, String> = BTreeMap::new();
-    let mut claim_identity = |identity: u32, key: String, err: &dyn Fn(String) -> ConfigError, errors: &mut Vec<ConfigError>| {
+    let mut claim_identity = |identity: u32,
+                              key: String,
+                              err: &dyn Fn(String) -> ConfigError,
+                              errors: &mut Vec<ConfigError>| {
         if let Some(other) = identities.insert(identity, key.clone()) {
             errors.push(err(format!(
                 "its identity {identity} collides with {other}; rename one of them"
@@ -404,7 +416,10 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                 errors.push(err(&format!("spec.namespaces[{i}]"), m));
                 continue;
             }
-            if let Some(other) = model.namespace_tenant.insert(ns.clone(), raw.meta.name.clone()) {
+            if let Some(other) = model
+                .namespace_tenant
+                .insert(ns.clone(), raw.meta.name.clone())
+            {
                 errors.push(err(
                     &format!("spec.namespaces[{i}]"),
                     format!("namespace {ns:?} is already owned by tenant {other:?}"),
@@ -412,7 +427,8 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             }
         }
         let isolation = spec.default_isolation.clone().unwrap_or_default();
-        let default_isolation = match validate_isolation(&isolation, "spec.defaultIsolation", &err) {
+        let default_isolation = match validate_isolation(&isolation, "spec.defaultIsolation", &err)
+        {
             Ok(v) => v,
             Err(mut e) => {
                 errors.append(&mut e);
@@ -451,7 +467,10 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
         &mut errors,
     );
 
-    let logical_names: BTreeSet<String> = logical_specs.iter().map(|(r, _)| r.meta.name.clone()).collect();
+    let logical_names: BTreeSet<String> = logical_specs
+        .iter()
+        .map(|(r, _)| r.meta.name.clone())
+        .collect();
     let mut subnets: Vec<(IpNet, String)> = Vec::new();
     let mut dedicated_users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (raw, spec) in &logical_specs {
@@ -465,10 +484,16 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
         };
         let before = errors.len();
         if name == DEFAULT_NETWORK {
-            errors.push(err("metadata.name", format!("{DEFAULT_NETWORK:?} is reserved for the cluster default network")));
+            errors.push(err(
+                "metadata.name",
+                format!("{DEFAULT_NETWORK:?} is reserved for the cluster default network"),
+            ));
         }
         if !model.tenants.contains_key(&spec.tenant) {
-            errors.push(err("spec.tenant", format!("tenant {:?} does not exist", spec.tenant)));
+            errors.push(err(
+                "spec.tenant",
+                format!("tenant {:?} does not exist", spec.tenant),
+            ));
         }
         if let Some(phys) = &spec.physical_network {
             match model.physical.get(phys) {
@@ -477,7 +502,10 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                     format!("physical network {phys:?} does not exist"),
                 )),
                 Some(p) if p.spec.dedicated => {
-                    dedicated_users.entry(phys.clone()).or_default().insert(spec.tenant.clone());
+                    dedicated_users
+                        .entry(phys.clone())
+                        .or_default()
+                        .insert(spec.tenant.clone());
                 }
                 Some(_) => {}
             }
@@ -494,8 +522,14 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                     format!("{text:?} has host bits set (did you mean {}?)", net.trunc()),
                 )),
                 Ok(net) => {
-                    if let Some((_, other)) = subnets.iter().find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network())) {
-                        errors.push(err(field, format!("{text:?} overlaps the subnet of logical network {other:?}")));
+                    if let Some((_, other)) = subnets
+                        .iter()
+                        .find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network()))
+                    {
+                        errors.push(err(
+                            field,
+                            format!("{text:?} overlaps the subnet of logical network {other:?}"),
+                        ));
                     } else {
                         subnets.push((net, name.clone()));
                         nets.push(net);
@@ -504,7 +538,10 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             }
         }
         if nets.len() == 2 && nets[0].addr().is_ipv4() == nets[1].addr().is_ipv4() {
-            errors.push(err("spec.subnet6", "must be of the other address family than spec.subnet".to_owned()));
+            errors.push(err(
+                "spec.subnet6",
+                "must be of the other address family than spec.subnet".to_owned(),
+            ));
         }
         let isolation = match validate_isolation(&spec.isolation, "spec.isolation", &err) {
             Ok(v) => v,
@@ -525,7 +562,12 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             validate_limits(limits, &err, &mut errors);
         }
         let identity = network_identity(format!("net/{name}").as_bytes());
-        claim_identity(identity, format!("logical network {name:?}"), &|m| err("metadata.name", m), &mut errors);
+        claim_identity(
+            identity,
+            format!("logical network {name:?}"),
+            &|m| err("metadata.name", m),
+            &mut errors,
+        );
         if errors.len() == before {
             model.logical.insert(
                 name.clone(),
@@ -579,7 +621,10 @@ fn validate_isolation(
         }
     }
     for protocol in [proto::TCP, proto::UDP, proto::SCTP] {
-        let n = host_ports.iter().filter(|r: &&ValidPortRule| r.protocol == protocol).count();
+        let n = host_ports
+            .iter()
+            .filter(|r: &&ValidPortRule| r.protocol == protocol)
+            .count();
         if n > MAX_PORT_RANGES {
             errors.push(err(
                 &format!("{prefix}.allowHostPorts"),
@@ -592,7 +637,10 @@ fn validate_isolation(
         if peers.iter().any(|p| p.network == peer.network) {
             errors.push(err(
                 &format!("{prefix}.peers[{i}].network"),
-                format!("{:?} is listed twice; put all its ports in one entry", peer.network),
+                format!(
+                    "{:?} is listed twice; put all its ports in one entry",
+                    peer.network
+                ),
             ));
         }
         if peer.network == DEFAULT_NETWORK {
@@ -605,7 +653,9 @@ fn validate_isolation(
         for (j, rule) in peer.ports.iter().enumerate() {
             match validate_port_rule(rule) {
                 Ok(r) => rules.push(r),
-                Err((field, m)) => errors.push(err(&format!("{prefix}.peers[{i}].ports[{j}]{field}"), m)),
+                Err((field, m)) => {
+                    errors.push(err(&format!("{prefix}.peers[{i}].ports[{j}]{field}"), m))
+                }
             }
         }
         for protocol in [proto::TCP, proto::UDP, proto::SCTP] {
@@ -642,14 +692,20 @@ fn validate_port_rule(rule: &PortRule) -> Result<ValidPortRule, (&'static str, S
         "SCTP" => proto::SCTP,
         "ICMP" => proto::ICMP,
         other => {
-            return Err((".protocol", format!("{other:?} is not one of TCP, UDP, SCTP, ICMP")));
+            return Err((
+                ".protocol",
+                format!("{other:?} is not one of TCP, UDP, SCTP, ICMP"),
+            ));
         }
     };
     if protocol == proto::ICMP {
         if rule.port.is_some() || rule.end_port.is_some() {
             return Err((".port", "ICMP has no ports".to_owned()));
         }
-        return Ok(ValidPortRule { protocol, ports: None });
+        return Ok(ValidPortRule {
+            protocol,
+            ports: None,
+        });
     }
     let ports = match (rule.port, rule.end_port) {
         (None, None) => None,
@@ -671,7 +727,11 @@ fn validate_port_rule(rule: &PortRule) -> Result<ValidPortRule, (&'static str, S
     Ok(ValidPortRule { protocol, ports })
 }
 
-fn validate_limits(limits: &Limits, err: &dyn Fn(&str, String) -> ConfigError, errors: &mut Vec<ConfigError>) {
+fn validate_limits(
+    limits: &Limits,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) {
     for (field, value) in [
         ("spec.limits.egressBandwidth", &limits.egress_bandwidth),
         ("spec.limits.ingressBandwidth", &limits.ingress_bandwidth),
@@ -685,7 +745,10 @@ fn validate_limits(limits: &Limits, err: &dyn Fn(&str, String) -> ConfigError, e
             }
         }
     }
-    for (field, value) in [("spec.limits.egressQPS", limits.egress_qps), ("spec.limits.ingressQPS", limits.ingress_qps)] {
+    for (field, value) in [
+        ("spec.limits.egressQPS", limits.egress_qps),
+        ("spec.limits.ingressQPS", limits.ingress_qps),
+    ] {
         if value == Some(0) {
             errors.push(err(field, "must be greater than zero".to_owned()));
         }
@@ -694,6 +757,9 @@ fn validate_limits(limits: &Limits, err: &dyn Fn(&str, String) -> ConfigError, e
         && scope != "Endpoint"
         && scope != "Network"
     {
-        errors.push(err("spec.limits.scope", format!("{scope:?} is not Endpoint or Network")));
+        errors.push(err(
+            "spec.limits.scope",
+            format!("{scope:?} is not Endpoint or Network"),
+        ));
     }
 }

@@ -42,13 +42,17 @@ pub fn parse_quantity(text: &str) -> Result<u64, String> {
     let whole: u128 = if whole.is_empty() {
         0
     } else {
-        whole.parse().map_err(|_| format!("{text:?} is not a number"))?
+        whole
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"))?
     };
     let scale = 10u128.pow(fraction.len() as u32);
     let fraction: u128 = if fraction.is_empty() {
         0
     } else {
-        fraction.parse().map_err(|_| format!("{text:?} is not a number"))?
+        fraction
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"))?
     };
     let scaled = (whole * scale + fraction)
         .checked_mul(multiplier)
@@ -78,6 +82,10 @@ mod tests {
         for bad in ["", "M", "10X", "1.5", "1.2.3M", "-5M", "99999999999999E"] {
             assert!(parse_quantity(bad).is_err(), "{bad} should be rejected");
         }
-        assert!(parse_quantity("10X").unwrap_err().contains("unknown suffix"));
+        assert!(
+            parse_quantity("10X")
+                .unwrap_err()
+                .contains("unknown suffix")
+        );
     }
 }

@@ -10,7 +10,11 @@ use std::{
 use genie_common::{
     EndpointInfo,
     identity::{DNS, HOST},
-    maps::{AddrInfo, CidrInfo, IdentityInfo, IpAddr16, MAX_PORT_RANGES, NAME_LEN, PolicyKey, PolicyValue, PortRange, identity_flags},
+    maps::{
+        AddrInfo, CidrInfo, IdentityInfo, IpAddr16, MAX_PORT_RANGES, NAME_LEN, PolicyKey,
+        PolicyValue, PortRange, identity_flags,
+    },
+    policy::proto,
 };
 use ipnet::IpNet;
 
@@ -53,7 +57,10 @@ pub fn addr16(ip: IpAddr) -> IpAddr16 {
 pub fn cidr_key(net: IpNet) -> (u32, IpAddr16) {
     let net = net.trunc();
     match net {
-        IpNet::V4(v4) => (96 + u32::from(v4.prefix_len()), addr16(IpAddr::V4(v4.network()))),
+        IpNet::V4(v4) => (
+            96 + u32::from(v4.prefix_len()),
+            addr16(IpAddr::V4(v4.network())),
+        ),
         IpNet::V6(v6) => (u32::from(v6.prefix_len()), addr16(IpAddr::V6(v6.network()))),
     }
 }
@@ -82,7 +89,12 @@ fn isolation_flags(isolation: &ValidIsolation) -> u32 {
 /// Adds the rules of one (src, dst) pair to the policy matrix. Rules without ports become a
 /// protocol entry with `count == 0` (every port); an empty rule list allows every protocol
 /// (protocol 0). Validation guarantees at most `MAX_PORT_RANGES` ranges per protocol.
-fn add_rules(policy: &mut BTreeMap<PolicyKey, PolicyValue>, src: u32, dst: u32, rules: &[ValidPortRule]) {
+fn add_rules(
+    policy: &mut BTreeMap<PolicyKey, PolicyValue>,
+    src: u32,
+    dst: u32,
+    rules: &[ValidPortRule],
+) {
     let key = |protocol: u8| PolicyKey {
         src_identity: src,
         dst_identity: dst,
@@ -93,11 +105,23 @@ fn add_rules(policy: &mut BTreeMap<PolicyKey, PolicyValue>, src: u32, dst: u32, 
         policy.insert(key(0), PolicyValue::default());
         return;
     }
-    let protocols: BTreeSet<u8> = rules.iter().map(|r| r.protocol).collect();
+    // An ICMP rule covers ICMPv6 too: operators write one rule for ping on both families.
+    let protocols: BTreeSet<u8> = rules
+        .iter()
+        .flat_map(|r| match r.protocol {
+            proto::ICMP => vec![proto::ICMP, proto::ICMPV6],
+            p => vec![p],
+        })
+        .collect();
     for protocol in protocols {
         let mut all_ports = false;
         let mut ranges = Vec::new();
-        for rule in rules.iter().filter(|r| r.protocol == protocol) {
+        let rule_protocol = if protocol == proto::ICMPV6 {
+            proto::ICMP
+        } else {
+            protocol
+        };
+        for rule in rules.iter().filter(|r| r.protocol == rule_protocol) {
             match rule.ports {
                 None => all_ports = true,
                 Some((first, last)) => ranges.push(PortRange { first, last }),
@@ -134,7 +158,12 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
         identity_isolation.insert(net.identity, &net.isolation);
         for subnet in &net.subnets {
             let (prefix, addr) = cidr_key(*subnet);
-            state.cidrs.insert((prefix, addr), CidrInfo { identity: net.identity });
+            state.cidrs.insert(
+                (prefix, addr),
+                CidrInfo {
+                    identity: net.identity,
+                },
+            );
         }
     }
     for tenant in model.tenants.values() {
@@ -172,20 +201,35 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
             }
         }
         if !isolation.allow_host_ports.is_empty() {
-            add_rules(&mut state.policy, *identity, HOST, &isolation.allow_host_ports);
+            add_rules(
+                &mut state.policy,
+                *identity,
+                HOST,
+                &isolation.allow_host_ports,
+            );
         }
     }
 
     // Node addresses are HOST; exact host addresses beat the subnet they sit in.
     for ip in &node.host_addresses {
         let net = IpNet::from(*ip);
-        state.cidrs.insert(cidr_key(net), CidrInfo { identity: HOST });
+        state
+            .cidrs
+            .insert(cidr_key(net), CidrInfo { identity: HOST });
     }
     for net in &node.host_cidrs {
-        state.cidrs.insert(cidr_key(*net), CidrInfo { identity: HOST });
+        state
+            .cidrs
+            .insert(cidr_key(*net), CidrInfo { identity: HOST });
     }
     for ip in &node.dns_addresses {
-        state.addrs.insert(addr16(*ip), AddrInfo { identity: DNS, endpoint_id: 0 });
+        state.addrs.insert(
+            addr16(*ip),
+            AddrInfo {
+                identity: DNS,
+                endpoint_id: 0,
+            },
+        );
     }
 
     // Endpoints that still have a valid identity.
