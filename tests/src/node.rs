@@ -40,7 +40,7 @@ pub fn genie_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct TestNode {
     dir: PathBuf,
-    agent: Option<Child>,
+    agent: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
     // Last: dropped after the agent is gone.
     pub topo: Topology,
@@ -53,7 +53,7 @@ impl TestNode {
         fs::create_dir_all(dir.join("objects"))?;
         let node = Self {
             dir,
-            agent: None,
+            agent: std::sync::Mutex::new(None),
             extra_args: Vec::new(),
             topo,
         };
@@ -118,8 +118,8 @@ impl TestNode {
     }
 
     /// Starts `genie agent` as a process and waits until its API answers and it is ready.
-    pub fn spawn_agent(&mut self) -> Result<()> {
-        if self.agent.is_some() {
+    pub fn spawn_agent(&self) -> Result<()> {
+        if self.agent.lock().expect("agent lock").is_some() {
             bail!("the agent already runs");
         }
         let log = fs::File::create(self.dir.join("agent.log"))?;
@@ -153,7 +153,7 @@ impl TestNode {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", genie_binary().display()))?;
-        self.agent = Some(child);
+        *self.agent.lock().expect("agent lock") = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Response {
@@ -164,10 +164,12 @@ impl TestNode {
                     return Ok(());
                 }
             }
-            if let Some(child) = self.agent.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.agent = None;
+            let exited = match self.agent.lock().expect("agent lock").as_mut() {
+                Some(child) => child.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                *self.agent.lock().expect("agent lock") = None;
                 bail!("the agent exited ({status}):\n{}", self.agent_log());
             }
             if Instant::now() > deadline {
@@ -183,8 +185,9 @@ impl TestNode {
     }
 
     /// SIGKILLs the agent process and waits for it to be gone.
-    pub fn kill_agent(&mut self) -> Result<()> {
-        if let Some(mut child) = self.agent.take() {
+    pub fn kill_agent(&self) -> Result<()> {
+        let child = self.agent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
             child.kill()?;
             child.wait()?;
         }

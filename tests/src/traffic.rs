@@ -14,18 +14,78 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use genie_agent::netns;
 
-use crate::topology::Pod;
+use crate::topology::{Netns, Pod};
+
+/// Something traffic can be sent from or to: a namespace and an address in it.
+pub trait Reachable: Sync {
+    fn label(&self) -> &str;
+    fn netns(&self) -> &Netns;
+    fn ipv4(&self) -> Ipv4Addr;
+}
+
+impl Reachable for Pod {
+    fn label(&self) -> &str {
+        &self.label
+    }
+    fn netns(&self) -> &Netns {
+        &self.netns
+    }
+    fn ipv4(&self) -> Ipv4Addr {
+        self.ipv4
+    }
+}
+
+/// The node itself, at one of its addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAt<'a> {
+    pub netns: &'a Netns,
+    pub ipv4: Ipv4Addr,
+}
+
+impl<T: Reachable + ?Sized> Reachable for &T {
+    fn label(&self) -> &str {
+        (**self).label()
+    }
+    fn netns(&self) -> &Netns {
+        (**self).netns()
+    }
+    fn ipv4(&self) -> Ipv4Addr {
+        (**self).ipv4()
+    }
+}
+
+impl Reachable for NodeAt<'_> {
+    fn label(&self) -> &str {
+        "node"
+    }
+    fn netns(&self) -> &Netns {
+        self.netns
+    }
+    fn ipv4(&self) -> Ipv4Addr {
+        self.ipv4
+    }
+}
+
+/// How long a TCP connect may take before the flow counts as blocked. Allowed connections
+/// between namespaces complete in well under a millisecond.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a receiver waits after the last packet before it concludes nothing more comes.
 const QUIET_PERIOD: Duration = Duration::from_millis(300);
 
 /// Sends `count` UDP datagrams of `payload_len` bytes from `from` to `to:port` and returns how
 /// many arrived.
-pub fn udp(from: &Pod, to: &Pod, port: u16, count: usize, payload_len: usize) -> Result<usize> {
+pub fn udp(
+    from: &(impl Reachable + ?Sized),
+    to: &(impl Reachable + ?Sized),
+    port: u16,
+    count: usize,
+    payload_len: usize,
+) -> Result<usize> {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let to_ip = to.ipv4;
-    let to_path = to.netns.path();
-    let from_path = from.netns.path();
+    let to_ip = to.ipv4();
+    let to_path = to.netns().path();
+    let from_path = from.netns().path();
     thread::scope(|scope| {
         let receiver = scope.spawn(move || {
             netns::run_in(&to_path, move || -> Result<usize> {
@@ -54,7 +114,7 @@ pub fn udp(from: &Pod, to: &Pod, port: u16, count: usize, payload_len: usize) ->
         });
         ready_rx
             .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the UDP receiver in {} never got ready", to.label))?;
+            .map_err(|_| anyhow!("the UDP receiver in {} never got ready", to.label()))?;
         netns::run_in(&from_path, move || -> Result<()> {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
             let payload = vec![0x5au8; payload_len];
@@ -74,11 +134,15 @@ pub fn udp(from: &Pod, to: &Pod, port: u16, count: usize, payload_len: usize) ->
 
 /// Opens a TCP connection from `from` to `to:port`, sends a message and reads the echo.
 /// Returns whether the exchange completed.
-pub fn tcp_echo(from: &Pod, to: &Pod, port: u16) -> Result<bool> {
+pub fn tcp_echo(
+    from: &(impl Reachable + ?Sized),
+    to: &(impl Reachable + ?Sized),
+    port: u16,
+) -> Result<bool> {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let to_ip = to.ipv4;
-    let to_path = to.netns.path();
-    let from_path = from.netns.path();
+    let to_ip = to.ipv4();
+    let to_path = to.netns().path();
+    let from_path = from.netns().path();
     thread::scope(|scope| {
         scope.spawn(move || {
             let _ = netns::run_in(&to_path, move || -> Result<()> {
@@ -107,10 +171,10 @@ pub fn tcp_echo(from: &Pod, to: &Pod, port: u16) -> Result<bool> {
         });
         ready_rx
             .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the TCP listener in {} never got ready", to.label))?;
+            .map_err(|_| anyhow!("the TCP listener in {} never got ready", to.label()))?;
         netns::run_in(&from_path, move || -> Result<bool> {
             let addr = SocketAddr::from((to_ip, port));
-            let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            let Ok(mut stream) = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) else {
                 return Ok(false);
             };
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -124,9 +188,9 @@ pub fn tcp_echo(from: &Pod, to: &Pod, port: u16) -> Result<bool> {
 }
 
 /// Sends `count` ICMP echo requests from `from` to `to` and returns how many replies came back.
-pub fn ping(from: &Pod, to: Ipv4Addr, count: u32) -> Result<u32> {
+pub fn ping(from: &(impl Reachable + ?Sized), to: Ipv4Addr, count: u32) -> Result<u32> {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", from.netns.name(), "ping", "-q", "-n"])
+        .args(["netns", "exec", from.netns().name(), "ping", "-q", "-n"])
         .args(["-c", &count.to_string(), "-i", "0.05", "-W", "1"])
         .arg(to.to_string())
         .output()
@@ -139,4 +203,279 @@ pub fn ping(from: &Pod, to: Ipv4Addr, count: u32) -> Result<u32> {
             rest.split_whitespace().next()?.parse().ok()
         })
         .with_context(|| format!("cannot read ping's summary: {stdout}"))
+}
+
+/// A long-lived TCP connection to an echo server, for checking that an established connection
+/// keeps (or stops) working.
+#[derive(Debug)]
+pub struct EchoConnection {
+    stream: TcpStream,
+    server: Option<thread::JoinHandle<()>>,
+}
+
+impl EchoConnection {
+    /// Starts an echo server in `to` and connects to it from `from`.
+    pub fn open(
+        from: &(impl Reachable + ?Sized),
+        to: &(impl Reachable + ?Sized),
+        port: u16,
+    ) -> Result<Self> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let to_ip = to.ipv4();
+        let to_path = to.netns().path();
+        let server = thread::spawn(move || {
+            let _ = netns::run_in(&to_path, move || -> Result<()> {
+                let listener = TcpListener::bind((to_ip, port))?;
+                ready_tx.send(()).ok();
+                let (mut conn, _) = listener.accept()?;
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = conn.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    conn.write_all(&buf[..n])?;
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the echo server never got ready"))?;
+        let from_path = from.netns().path();
+        let stream = netns::run_in(&from_path, move || {
+            TcpStream::connect_timeout(&SocketAddr::from((to_ip, port)), CONNECT_TIMEOUT)
+        })??;
+        Ok(Self {
+            stream,
+            server: Some(server),
+        })
+    }
+
+    /// Sends `message` and waits up to `timeout` for its echo. A socket opened inside a
+    /// namespace keeps working from any thread.
+    pub fn round_trip(&mut self, message: &[u8], timeout: Duration) -> bool {
+        if self.stream.write_all(message).is_err() {
+            return false;
+        }
+        let _ = self.stream.set_read_timeout(Some(timeout));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + timeout;
+        while got.len() < message.len() && Instant::now() < deadline {
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got.starts_with(message)
+    }
+}
+
+impl Drop for EchoConnection {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        // The server thread ends when the connection does (or on its own error).
+        drop(self.server.take());
+    }
+}
+
+/// What a [`Stream`] observed.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// The longest time between two reads at the receiver.
+    pub max_gap: Duration,
+    /// A send or receive error (a reset), if any.
+    pub error: Option<String>,
+}
+
+/// A paced TCP stream from one place to another, running until stopped.
+#[derive(Debug)]
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: thread::JoinHandle<Result<u64, String>>,
+    receiver: thread::JoinHandle<(u64, Duration, Option<String>)>,
+}
+
+impl Stream {
+    /// Starts sending `chunk` bytes every `interval` from `from` to `to:port`.
+    pub fn start(
+        from: &(impl Reachable + ?Sized),
+        to: &(impl Reachable + ?Sized),
+        port: u16,
+        chunk: usize,
+        interval: Duration,
+    ) -> Result<Self> {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let to_ip = to.ipv4();
+        let to_path = to.netns().path();
+        let receiver = thread::spawn(move || {
+            let result = netns::run_in(&to_path, move || -> (u64, Duration, Option<String>) {
+                let listener = match TcpListener::bind((to_ip, port)) {
+                    Ok(l) => l,
+                    Err(e) => return (0, Duration::ZERO, Some(e.to_string())),
+                };
+                ready_tx.send(()).ok();
+                let (mut conn, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(e) => return (0, Duration::ZERO, Some(e.to_string())),
+                };
+                let mut buf = vec![0u8; 65536];
+                let mut total = 0u64;
+                let mut last = Instant::now();
+                let mut max_gap = Duration::ZERO;
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => return (total, max_gap, None),
+                        Ok(n) => {
+                            total += n as u64;
+                            max_gap = max_gap.max(last.elapsed());
+                            last = Instant::now();
+                        }
+                        Err(e) => return (total, max_gap, Some(e.to_string())),
+                    }
+                }
+            });
+            result.unwrap_or((0, Duration::ZERO, Some("receiver thread failed".to_owned())))
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the stream receiver never got ready"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let from_path = from.netns().path();
+        let stream = netns::run_in(&from_path, move || {
+            TcpStream::connect_timeout(&SocketAddr::from((to_ip, port)), CONNECT_TIMEOUT)
+        })??;
+        let stop_flag = Arc::clone(&stop);
+        let sender = thread::spawn(move || {
+            let mut stream = stream;
+            let payload = vec![0x42u8; chunk];
+            let mut sent = 0u64;
+            while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                stream.write_all(&payload).map_err(|e| e.to_string())?;
+                sent += payload.len() as u64;
+                thread::sleep(interval);
+            }
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())?;
+            Ok(sent)
+        });
+        Ok(Self {
+            stop,
+            sender,
+            receiver,
+        })
+    }
+
+    /// Stops sending, waits for the receiver to drain, and reports.
+    pub fn stop(self) -> StreamReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self
+            .sender
+            .join()
+            .unwrap_or_else(|_| Err("sender panicked".to_owned()));
+        let (received, max_gap, rx_error) = self.receiver.join().unwrap_or((
+            0,
+            Duration::ZERO,
+            Some("receiver panicked".to_owned()),
+        ));
+        let (bytes_sent, error) = match sent {
+            Ok(n) => (n, rx_error),
+            Err(e) => (0, Some(format!("send: {e}"))),
+        };
+        StreamReport {
+            bytes_sent,
+            bytes_received: received,
+            max_gap,
+            error,
+        }
+    }
+}
+
+/// A TCP echo server that accepts any number of connections until dropped.
+#[derive(Debug)]
+pub struct EchoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Listens on `at:port` inside `at`'s namespace.
+    pub fn start(at: &(impl Reachable + ?Sized), port: u16) -> Result<Self> {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ip = at.ipv4();
+        let path = at.netns().path();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let _ = netns::run_in(&path, move || -> Result<()> {
+                let listener = TcpListener::bind((ip, port))?;
+                listener.set_nonblocking(true)?;
+                ready_tx.send(()).ok();
+                while !stop_flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            thread::spawn(move || {
+                                let _ = conn.set_nonblocking(false);
+                                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                                let mut buf = [0u8; 4096];
+                                while let Ok(n) = conn.read(&mut buf) {
+                                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the echo server never got ready"))?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Connects from `from` to `to:port`, sends a message and reads the echo (needs an
+/// [`EchoServer`] there). Returns whether the exchange completed.
+pub fn tcp_connect_echo(from: &(impl Reachable + ?Sized), to: Ipv4Addr, port: u16) -> Result<bool> {
+    let from_path = from.netns().path();
+    netns::run_in(&from_path, move || -> Result<bool> {
+        let Ok(mut stream) =
+            TcpStream::connect_timeout(&SocketAddr::from((to, port)), CONNECT_TIMEOUT)
+        else {
+            return Ok(false);
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let message = b"genie-echo";
+        stream.write_all(message)?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        Ok(&buf[..n] == message)
+    })?
 }

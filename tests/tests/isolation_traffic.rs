@@ -1,0 +1,491 @@
+//! Real traffic between pods in namespaces under the real `genie agent` process: the full
+//! isolation matrix, restarts under SIGKILL, immediate tightening, invalid configuration, and
+//! cleanup.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    process::Command,
+    sync::atomic::{AtomicU16, Ordering},
+    thread,
+    time::Duration,
+};
+
+use genie_agent::{api::Request, dataplane::read_counters};
+use genie_common::{Direction, Reason};
+use genie_tests::{
+    TestNode, Topology,
+    node::genie_binary,
+    traffic::{self, EchoConnection, NodeAt, Reachable, Stream},
+};
+
+const OBJECTS: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-a}
+spec:
+  tenant: red
+  subnet: 198.18.1.0/24
+  isolation:
+    peers: [{network: red-b, ports: [{protocol: TCP, port: 8080}]}]
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-b}
+spec: {tenant: red, subnet: 198.18.2.0/24}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: blue-a}
+spec: {tenant: blue, subnet: 198.18.3.0/24}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: blue-b}
+spec: {tenant: blue, subnet: 198.18.4.0/24}
+";
+
+/// (label, namespace, network, subnet)
+const PODS: [(&str, &str, &str, u8); 6] = [
+    ("ra1", "red", "red-a", 1),
+    ("ra2", "red", "red-a", 1),
+    ("rb1", "red", "red-b", 2),
+    ("ba1", "blue", "blue-a", 3),
+    ("bb1", "blue", "blue-b", 4),
+    ("bb2", "blue", "blue-b", 4),
+];
+
+/// Two tenants × two networks, six pods, under a running `genie agent`.
+fn six_pods() -> TestNode {
+    let mut topo = Topology::new().unwrap();
+    for (label, _, _, subnet) in PODS {
+        topo.add_pod_on(label, subnet).unwrap();
+    }
+    let node = TestNode::new(topo, OBJECTS).unwrap();
+    node.spawn_agent().unwrap();
+    for (label, ns, net, _) in PODS {
+        node.register(label, ns, net).unwrap();
+    }
+    node
+}
+
+fn network_of(label: &str) -> &'static str {
+    PODS.iter()
+        .find(|p| p.0 == label)
+        .map(|p| p.2)
+        .unwrap_or("node")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// What DESIGN.md §3 says about a flow: `None` when it is delivered, else the drop reason the
+/// sender's egress program counts.
+fn expected(src: &str, dst: &str, proto: Proto) -> Option<Reason> {
+    let (s, d) = (network_of(src), network_of(dst));
+    if s == "node" {
+        return None; // HOST → endpoint
+    }
+    if d == "node" {
+        return Some(Reason::HostAccess);
+    }
+    if s == d {
+        return None;
+    }
+    if s == "red-a" && d == "red-b" && proto == Proto::Tcp {
+        return None; // the one peer rule: TCP 8080
+    }
+    Some(Reason::Policy)
+}
+
+static PORT: AtomicU16 = AtomicU16::new(8100);
+
+/// Sends one flow and reports whether it was delivered. TCP goes to the [`EchoServer`] the
+/// matrix runs on the destination's port 8080 (the port the peer rule names).
+fn delivered(
+    from: &(impl Reachable + ?Sized),
+    to: &(impl Reachable + ?Sized),
+    proto: Proto,
+) -> bool {
+    match proto {
+        Proto::Tcp => traffic::tcp_connect_echo(from, to.ipv4(), 8080).unwrap(),
+        Proto::Udp => {
+            traffic::udp(from, to, PORT.fetch_add(1, Ordering::Relaxed), 3, 32).unwrap() == 3
+        }
+        Proto::Icmp => traffic::ping(from, to.ipv4(), 2).unwrap() == 2,
+    }
+}
+
+/// The place a label stands for: a pod, or the node at its address on `near`'s subnet.
+fn place<'a>(node: &'a TestNode, label: &str, near: &str) -> Box<dyn Reachable + 'a> {
+    let topo = &node.topo;
+    if label == "node" {
+        Box::new(NodeAt {
+            netns: topo.node(),
+            ipv4: topo.pod(near).gateway,
+        })
+    } else {
+        Box::new(topo.pod(label))
+    }
+}
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn full_matrix_of_six_pods_and_the_node() {
+    let node = six_pods();
+    let labels: Vec<&str> = PODS.iter().map(|p| p.0).chain(["node"]).collect();
+    let mut failures = Vec::new();
+    let mut expected_drops = BTreeSet::new();
+    for &dst in &labels {
+        let sources: Vec<&str> = labels.iter().copied().filter(|s| *s != dst).collect();
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp] {
+            // For the node as destination, each source talks to the node's address on its own
+            // subnet; one echo server per address.
+            let servers: Vec<traffic::EchoServer> = if proto == Proto::Tcp {
+                let targets: BTreeSet<Ipv4Addr> = sources
+                    .iter()
+                    .map(|s| {
+                        if dst == "node" {
+                            node.topo.pod(s).gateway
+                        } else {
+                            node.topo.pod(dst).ipv4
+                        }
+                    })
+                    .collect();
+                targets
+                    .into_iter()
+                    .map(|ip| {
+                        if dst == "node" {
+                            traffic::EchoServer::start(
+                                &NodeAt {
+                                    netns: node.topo.node(),
+                                    ipv4: ip,
+                                },
+                                8080,
+                            )
+                            .unwrap()
+                        } else {
+                            traffic::EchoServer::start(node.topo.pod(dst), 8080).unwrap()
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let results: Vec<(&str, bool)> = thread::scope(|scope| {
+                let node = &node;
+                let handles: Vec<_> = sources
+                    .iter()
+                    .map(|&src| {
+                        scope.spawn(move || {
+                            let near = if src == "node" { dst } else { src };
+                            let from = place(node, src, near);
+                            let to = place(node, dst, near);
+                            (src, delivered(from.as_ref(), to.as_ref(), proto))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            drop(servers);
+            for (src, ok) in results {
+                let want = expected(src, dst, proto);
+                if ok != want.is_none() {
+                    failures.push(format!(
+                        "{src} → {dst} {proto:?}: delivered={ok}, expected {want:?}"
+                    ));
+                }
+                if let Some(reason) = want {
+                    expected_drops.insert((src.to_owned(), reason));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "matrix mismatches:\n{}",
+        failures.join("\n")
+    );
+
+    // The drop counters name the right reason at the sender, and nothing else was dropped.
+    let endpoints = node.call(&Request::Endpoints).unwrap().endpoints.unwrap();
+    let label_of = |id: u32| {
+        endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.request.pod.clone())
+            .unwrap_or_default()
+    };
+    let rows = read_counters(node.bpffs()).unwrap();
+    let mut seen_drops = BTreeSet::new();
+    for row in rows
+        .iter()
+        .filter(|r| r.reason.is_drop() && r.value.packets > 0)
+    {
+        assert_eq!(
+            row.direction,
+            Direction::Egress,
+            "drops happen where a flow starts: {row:?}"
+        );
+        seen_drops.insert((label_of(row.endpoint_id), row.reason));
+    }
+    assert_eq!(
+        seen_drops, expected_drops,
+        "drop counters per sender and reason"
+    );
+}
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn sigkill_and_restart_keep_streams_flowing_and_denials_denied() {
+    let node = six_pods();
+    let (ra1, ra2) = (node.topo.pod("ra1"), node.topo.pod("ra2"));
+    let (ba1, rb1) = (node.topo.pod("ba1"), node.topo.pod("rb1"));
+    let stream = Stream::start(ra1, ra2, 9500, 1024, Duration::from_millis(5)).unwrap();
+    let mut denied_delivered = 0;
+    for round in 0..5 {
+        node.kill_agent().unwrap();
+        // Agent down: enforcement is pinned and unchanged.
+        denied_delivered += traffic::udp(ba1, rb1, 9600 + round, 5, 16).unwrap();
+        denied_delivered += usize::from(traffic::ping(ba1, rb1.ipv4, 1).unwrap() > 0);
+        node.spawn_agent().unwrap();
+        // Agent back (new programs swapped into the pinned links).
+        denied_delivered += traffic::udp(ba1, rb1, 9700 + round, 5, 16).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let report = stream.stop();
+    assert_eq!(
+        denied_delivered, 0,
+        "a denied pair delivered packets across restarts"
+    );
+    assert!(report.error.is_none(), "the stream was reset: {report:?}");
+    assert!(
+        report.max_gap < Duration::from_secs(1),
+        "the stream stalled: {report:?}"
+    );
+    assert!(
+        report.bytes_sent > 0 && report.bytes_received == report.bytes_sent,
+        "bytes lost: {report:?}"
+    );
+    // The restarted agent adopted the endpoints instead of re-creating them.
+    let endpoints = node.call(&Request::Endpoints).unwrap().endpoints.unwrap();
+    assert_eq!(endpoints.len(), PODS.len());
+}
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn removing_a_peer_rule_stops_an_established_connection() {
+    let node = six_pods();
+    let (ra1, rb1) = (node.topo.pod("ra1"), node.topo.pod("rb1"));
+    let mut conn = EchoConnection::open(ra1, rb1, 8080).unwrap();
+    assert!(
+        conn.round_trip(b"before", Duration::from_secs(2)),
+        "the peer rule allows the connection"
+    );
+    let epoch = || {
+        node.call(&Request::Status)
+            .unwrap()
+            .status
+            .unwrap()
+            .policy_epoch
+    };
+    let before = epoch();
+
+    node.write_objects(&OBJECTS.replace(
+        "    peers: [{network: red-b, ports: [{protocol: TCP, port: 8080}]}]\n",
+        "",
+    ))
+    .unwrap();
+    node.wait_for("the agent to apply the change", || epoch() != before)
+        .unwrap();
+
+    assert!(
+        !conn.round_trip(b"after", Duration::from_secs(1)),
+        "the established connection still works"
+    );
+    assert!(
+        !traffic::tcp_connect_echo(ra1, rb1.ipv4, 8080).unwrap(),
+        "a new connection works"
+    );
+    let revoked: u64 = read_counters(node.bpffs())
+        .unwrap()
+        .iter()
+        .filter(|r| r.reason == Reason::Revoked)
+        .map(|r| r.value.packets)
+        .sum();
+    assert!(revoked > 0, "the cut connection is counted as revoked");
+}
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn an_invalid_configuration_is_rejected_and_the_last_valid_state_stays() {
+    let node = six_pods();
+    let status = || node.call(&Request::Status).unwrap().status.unwrap();
+    let before = status();
+    // A peer that names nothing, in a second file.
+    node.write_config_file(
+        "broken.yaml",
+        "apiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {name: green}\nspec:\n  tenant: blue\n  subnet: 198.18.9.0/24\n  isolation:\n    peers: [{network: nowhere}]\n",
+    )
+    .unwrap();
+    node.wait_for("the agent to reject the file", || {
+        status().config_error.is_some()
+    })
+    .unwrap();
+    let error = status().config_error.unwrap();
+    for part in [
+        "broken.yaml",
+        "LogicalNetwork",
+        "\"green\"",
+        "spec.isolation.peers[0].network",
+        "nowhere",
+    ] {
+        assert!(
+            error.contains(part),
+            "the error does not name {part}: {error}"
+        );
+    }
+    assert_eq!(
+        status().policy_epoch,
+        before.policy_epoch,
+        "nothing was written"
+    );
+    let (ra1, ra2, ba1) = (
+        node.topo.pod("ra1"),
+        node.topo.pod("ra2"),
+        node.topo.pod("ba1"),
+    );
+    assert_eq!(
+        traffic::udp(ra1, ra2, 9800, 3, 8).unwrap(),
+        3,
+        "allowed pair still delivers"
+    );
+    assert_eq!(
+        traffic::udp(ba1, ra1, 9801, 3, 8).unwrap(),
+        0,
+        "denied pair still denied"
+    );
+
+    // Fixing the file applies it.
+    node.write_config_file("broken.yaml", "").unwrap();
+    node.wait_for("the agent to accept the fixed directory", || {
+        status().config_error.is_none()
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
+    let node = six_pods();
+    let inspect = |what: &str| {
+        let out = Command::new(genie_binary())
+            .args(["inspect", what, "--json", "--bpffs"])
+            .arg(node.bpffs())
+            .arg("--state-dir")
+            .arg(node.state_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "inspect {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let endpoints = inspect("endpoints");
+    let policy = inspect("policy");
+    let rows: serde_json::Value = serde_json::from_str(&endpoints).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), PODS.len());
+    for (label, ns, net, _) in PODS {
+        let row = rows
+            .iter()
+            .find(|r| r["pod"] == label)
+            .unwrap_or_else(|| panic!("{label} missing: {endpoints}"));
+        assert_eq!(row["namespace"], ns);
+        assert_eq!(row["network"], net);
+        assert_eq!(
+            row["tenant"], ns,
+            "tenants are named like their namespaces here"
+        );
+        assert_eq!(row["addresses"][0], node.topo.pod(label).ipv4.to_string());
+    }
+    let view: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    let rules = view["rules"].as_array().unwrap();
+    assert!(
+        rules.iter().any(|r| r["from"] == "red/red-a"
+            && r["to"] == "red/red-b"
+            && r["protocol"] == "TCP"
+            && r["ports"] == "8080"),
+        "the peer rule is shown by name: {policy}"
+    );
+    node.kill_agent().unwrap();
+    assert_eq!(
+        inspect("endpoints"),
+        endpoints,
+        "same output with the agent down"
+    );
+    assert_eq!(inspect("policy"), policy, "same output with the agent down");
+}
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn agent_cleanup_removes_everything_genie_put_on_the_node() {
+    let node = six_pods();
+    let (ba1, ra1) = (node.topo.pod("ba1"), node.topo.pod("ra1"));
+    assert_eq!(
+        traffic::udp(ba1, ra1, 9900, 3, 8).unwrap(),
+        0,
+        "isolated before cleanup"
+    );
+    node.kill_agent().unwrap();
+    let out = Command::new(genie_binary())
+        .args(["agent", "cleanup", "--bpffs"])
+        .arg(node.bpffs())
+        .arg("--state-dir")
+        .arg(node.state_dir())
+        .arg("--socket")
+        .arg(node.socket())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!node.bpffs().exists(), "pins remain");
+    assert!(
+        !node.state_dir().join("endpoints.json").exists(),
+        "registry remains"
+    );
+    // The programs are gone from the interfaces: the formerly denied pair now talks.
+    assert_eq!(
+        traffic::udp(ba1, ra1, 9901, 3, 8).unwrap(),
+        3,
+        "programs still attached after cleanup"
+    );
+    let links = Command::new("bpftool")
+        .args(["link", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !text.contains("from_endpoint") && !text.contains("to_endpoint"),
+        "links remain:\n{text}"
+    );
+}
