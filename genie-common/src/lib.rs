@@ -11,6 +11,8 @@ pub mod identity;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+#[cfg(any(feature = "user", test))]
+pub mod reference;
 
 pub use maps::{CounterKey, CounterValue, EndpointInfo};
 pub use reason::{Direction, Reason};

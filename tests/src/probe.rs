@@ -4,35 +4,38 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use genie_agent::{
-    agent::Agent,
-    dataplane::{FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM, read_counters},
+use genie_agent::dataplane::{
+    Dataplane, FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM, read_counters,
 };
 use genie_common::{CounterValue, Direction, Reason};
 
 use crate::packet::{TC_ACT_OK, TC_ACT_SHOT, run_tc};
 
-/// Runs frames through the programs of an in-process agent.
+/// Runs frames through the programs of a loaded dataplane.
 #[derive(Debug)]
 pub struct Probe<'a> {
-    pub agent: &'a Agent,
+    pub dataplane: &'a Dataplane,
     pub netns: PathBuf,
     pub bpffs: PathBuf,
 }
 
 impl Probe<'_> {
     fn counters(&self) -> Result<BTreeMap<(u32, u8, u8), CounterValue>> {
-        Ok(read_counters(&self.bpffs)?
-            .into_iter()
-            .map(|r| ((r.endpoint_id, r.direction as u8, r.reason as u8), r.value))
-            .collect())
+        let mut sums: BTreeMap<(u32, u8, u8), CounterValue> = BTreeMap::new();
+        for r in read_counters(&self.bpffs)? {
+            let slot = sums
+                .entry((r.endpoint_id, r.direction as u8, r.reason as u8))
+                .or_default();
+            *slot = slot.add(r.value);
+        }
+        Ok(sums)
     }
 
     /// Runs `frame` once through the program for `direction` as if it crossed the interface
     /// `ifindex`, and returns the reason the program counted. The return code must agree with
     /// the reason (forwarded ⇔ TC_ACT_OK).
     pub fn verdict(&self, ifindex: u32, direction: Direction, frame: &[u8]) -> Result<Reason> {
-        let program = self.agent.dataplane().program(match direction {
+        let program = self.dataplane.program(match direction {
             Direction::Egress => FROM_ENDPOINT_PROGRAM,
             Direction::Ingress => TO_ENDPOINT_PROGRAM,
         })?;

@@ -139,7 +139,7 @@ fn host(f: Family) -> IpAddr {
 impl Fixture {
     fn probe(&self) -> Probe<'_> {
         Probe {
-            agent: &self.agent,
+            dataplane: self.agent.dataplane(),
             netns: self.node.topo.node().path(),
             bpffs: self.node.bpffs().to_owned(),
         }
