@@ -224,7 +224,9 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Model, ModelError> 
                 Ok(v) => v,
                 Err(e) => {
                     errors.push(err("", format!("not valid YAML: {e}")));
-                    continue;
+                    // The parser cannot resynchronise after a syntax error (it would report
+                    // the same error forever): the rest of the file is unreadable.
+                    break;
                 }
             };
             if value.is_null() {
@@ -763,3 +765,6 @@ fn validate_limits(
         ));
     }
 }
+
+#[cfg(test)]
+mod tests;

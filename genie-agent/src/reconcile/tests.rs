@@ -1,1 +1,171 @@
+use std::{net::IpAddr, path::PathBuf};
 
+use genie_common::{
+    identity::{DNS, HOST},
+    maps::identity_flags,
+    policy::proto,
+};
+
+use super::*;
+use crate::{
+    endpoint::{Endpoint, EndpointRequest},
+    model::load_sources,
+};
+
+const OBJECTS: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: a}
+spec:
+  tenant: red
+  subnet: 198.18.1.0/24
+  isolation:
+    allowHostPorts: [{protocol: UDP, port: 53}]
+    peers:
+      - network: b
+        ports: [{protocol: TCP, port: 80}, {protocol: TCP, port: 8000, endPort: 8080}, {protocol: ICMP}]
+      - network: c
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: b}
+spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {allowHostAccess: true, allowExternal: false}}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: c}
+spec: {tenant: red, subnet: 2001:db8:3::/64}
+";
+
+fn model(text: &str) -> Model {
+    load_sources(&[(PathBuf::from("o.yaml"), text.to_owned())]).unwrap()
+}
+
+fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
+    Endpoint {
+        id,
+        ifindex: 100 + id,
+        request: EndpointRequest {
+            pod: format!("pod{id}"),
+            namespace: "red".to_owned(),
+            network: network.to_owned(),
+            interface: "eth0".to_owned(),
+            host_interface: format!("veth{id}"),
+            netns: PathBuf::from("/proc/1/ns/net"),
+            pod_netns: None,
+            ips: vec![ip.parse().unwrap()],
+            mac: Some("02:00:00:00:00:01".to_owned()),
+        },
+    }
+}
+
+fn key(src: u32, dst: u32, protocol: u8) -> PolicyKey {
+    PolicyKey {
+        src_identity: src,
+        dst_identity: dst,
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn the_desired_maps_follow_the_objects() {
+    let m = model(OBJECTS);
+    let (a, b, c) = (
+        m.logical["a"].identity,
+        m.logical["b"].identity,
+        m.logical["c"].identity,
+    );
+    let node = NodeInfo {
+        host_addresses: vec!["198.18.1.1".parse().unwrap()],
+        host_cidrs: vec![],
+        dns_addresses: vec!["198.18.200.10".parse().unwrap()],
+    };
+    let state = desired_state(
+        &m,
+        &[
+            endpoint(1, "a", "198.18.1.11"),
+            endpoint(2, "default", "198.18.9.9"),
+        ],
+        &node,
+    );
+
+    assert_eq!(state.endpoints[&101].identity, a);
+    assert_eq!(state.endpoints[&101].mac, [2, 0, 0, 0, 0, 1]);
+    assert_eq!(
+        state.endpoints[&102].identity,
+        m.tenants["red"].default_identity
+    );
+    assert_eq!(
+        state.addrs[&addr16("198.18.1.11".parse().unwrap())],
+        AddrInfo {
+            identity: a,
+            endpoint_id: 1
+        }
+    );
+    assert_eq!(
+        state.addrs[&addr16("198.18.200.10".parse().unwrap())].identity,
+        DNS
+    );
+
+    // Subnets, and the node address as a /32 that wins over its subnet.
+    assert_eq!(
+        state.cidrs[&cidr_key("198.18.1.0/24".parse().unwrap())].identity,
+        a
+    );
+    assert_eq!(
+        state.cidrs[&cidr_key("2001:db8:3::/64".parse().unwrap())].identity,
+        c
+    );
+    assert_eq!(
+        state.cidrs[&cidr_key("198.18.1.1/32".parse().unwrap())].identity,
+        HOST
+    );
+    assert_eq!(cidr_key("198.18.1.1/32".parse().unwrap()).0, 128);
+
+    // Flags.
+    assert_eq!(state.identities[&b].flags, identity_flags::ALLOW_HOST);
+    assert_eq!(state.identities[&a].flags, identity_flags::ALLOW_EXTERNAL);
+
+    // Policy: a → b on TCP 80 and 8000-8080, ICMP on both families; a → c everything;
+    // a → HOST on UDP 53; nothing the other way.
+    let tcp = state.policy[&key(a, b, proto::TCP)];
+    assert_eq!(tcp.count, 2);
+    assert!(tcp.allows_port(80) && tcp.allows_port(8042) && !tcp.allows_port(443));
+    assert_eq!(state.policy[&key(a, b, proto::ICMP)].count, 0);
+    assert_eq!(state.policy[&key(a, b, proto::ICMPV6)].count, 0);
+    assert_eq!(state.policy[&key(a, c, 0)].count, 0);
+    assert!(state.policy[&key(a, HOST, proto::UDP)].allows_port(53));
+    assert!(!state.policy.keys().any(|k| k.src_identity == b));
+    assert_eq!(state.policy.len(), 5);
+}
+
+#[test]
+fn endpoints_of_a_removed_network_lose_their_record() {
+    let m = model(OBJECTS);
+    let eps = [endpoint(1, "b", "198.18.2.11")];
+    assert!(
+        desired_state(&m, &eps, &NodeInfo::default())
+            .endpoints
+            .contains_key(&101)
+    );
+    let without_b = model(&OBJECTS.replace("      - network: b\n        ports: [{protocol: TCP, port: 80}, {protocol: TCP, port: 8000, endPort: 8080}, {protocol: ICMP}]\n", "").replace(
+        "---\napiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {name: b}\nspec: {tenant: red, subnet: 198.18.2.0/24, isolation: {allowHostAccess: true, allowExternal: false}}\n",
+        "",
+    ));
+    let state = desired_state(&without_b, &eps, &NodeInfo::default());
+    assert!(
+        state.endpoints.is_empty(),
+        "its interface now drops everything (fail closed)"
+    );
+    assert!(
+        !state
+            .addrs
+            .contains_key(&addr16(IpAddr::from([198, 18, 2, 11])))
+    );
+}

@@ -1,0 +1,235 @@
+use std::path::PathBuf;
+
+use super::*;
+
+const VALID: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: PhysicalNetwork
+metadata: {name: fabric}
+spec: {nic: eth1, dedicated: true}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red, red-dev], quota: {endpoints: 10}}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-data}
+spec:
+  tenant: red
+  physicalNetwork: fabric
+  subnet: 198.18.10.0/24
+  isolation:
+    peers: [{network: red-db, ports: [{protocol: TCP, port: 5432, endPort: 5433}, {protocol: ICMP}]}]
+  limits: {egressBandwidth: 100M, ingressQPS: 50, scope: Network}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-db}
+spec: {tenant: red, subnet: 198.18.11.0/24, subnet6: 2001:db8:11::/64}
+";
+
+fn load(text: &str) -> Result<Model, Vec<ConfigError>> {
+    load_sources(&[(PathBuf::from("objects.yaml"), text.to_owned())]).map_err(|e| match e {
+        ModelError::Invalid(errors) => errors,
+        other => panic!("unexpected {other}"),
+    })
+}
+
+/// Loads VALID with `extra` appended and returns the single error.
+fn one_error(extra: &str) -> ConfigError {
+    let errors = load(&format!("{VALID}---\n{extra}")).expect_err("must be rejected");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_valid_configuration_loads() {
+    let model = load(VALID).unwrap();
+    assert_eq!(model.tenants.len(), 2);
+    assert_eq!(model.namespace_tenant["red-dev"], "red");
+    let data = &model.logical["red-data"];
+    assert_eq!(data.isolation.peers[0].rules.len(), 2);
+    assert_eq!(data.isolation.peers[0].rules[0].ports, Some((5432, 5433)));
+    assert!(
+        data.isolation.allow_external,
+        "allowExternal defaults to true"
+    );
+    assert!(!data.isolation.allow_host_access);
+    assert_eq!(model.logical["red-db"].subnets.len(), 2);
+    assert_ne!(
+        model.logical["red-data"].identity,
+        model.logical["red-db"].identity
+    );
+    assert_eq!(
+        model.identity_for("red", "red-db"),
+        Ok(model.logical["red-db"].identity)
+    );
+    assert_eq!(
+        model.identity_for("red", "default"),
+        Ok(model.tenants["red"].default_identity)
+    );
+    assert_eq!(
+        model.identity_for("other", "default"),
+        Ok(unowned_default_identity())
+    );
+}
+
+#[test]
+fn pods_may_only_use_their_tenants_networks() {
+    let model = load(VALID).unwrap();
+    let err = model.identity_for("blue", "red-db").unwrap_err();
+    assert!(
+        err.contains("tenant \"red\"") && err.contains("\"blue\""),
+        "{err}"
+    );
+    assert!(
+        model
+            .identity_for("red", "nope")
+            .unwrap_err()
+            .contains("does not exist")
+    );
+    assert!(model.identity_for("unowned", "red-db").is_err());
+}
+
+#[test]
+fn errors_name_the_file_object_and_field() {
+    let e = one_error(
+        "apiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.0.0/33}\n",
+    );
+    assert_eq!(
+        (e.kind.as_str(), e.name.as_str(), e.field.as_str()),
+        ("LogicalNetwork", "x", "spec.subnet")
+    );
+    assert_eq!(e.file, PathBuf::from("objects.yaml"));
+    let text = e.to_string();
+    assert!(
+        text.starts_with("objects.yaml: LogicalNetwork \"x\": spec.subnet:"),
+        "{text}"
+    );
+    assert!(text.contains("198.18.0.0/33"), "{text}");
+}
+
+#[test]
+fn each_kind_of_mistake_is_caught() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, isolaton: {}}",
+            "spec.isolaton",
+            "unknown field",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.1/24}",
+            "spec.subnet",
+            "host bits",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.10.128/25}",
+            "spec.subnet",
+            "overlaps",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: green, subnet: 198.18.20.0/24}",
+            "spec.tenant",
+            "green",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, physicalNetwork: nope}",
+            "spec.physicalNetwork",
+            "nope",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, isolation: {peers: [{network: nowhere}]}}",
+            "spec.isolation.peers[0].network",
+            "nowhere",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, limits: {egressBandwidth: 10X}}",
+            "spec.limits.egressBandwidth",
+            "suffix",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, limits: {scope: Pod}}",
+            "spec.limits.scope",
+            "Pod",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, isolation: {peers: [{network: red-db, ports: [{protocol: ICMP, port: 1}]}]}}",
+            "spec.isolation.peers[0].ports[0].port",
+            "ICMP",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, isolation: {peers: [{network: red-db, ports: [{port: 90, endPort: 80}]}]}}",
+            "spec.isolation.peers[0].ports[0].endPort",
+            "below",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, isolation: {peers: [{network: red-db, ports: [{port: 70000}]}]}}",
+            "spec.isolation.peers[0].ports[0].port",
+            "70000",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: red, subnet: 198.18.20.0/24, isolation: {peers: [{network: red-db}, {network: red-db}]}}",
+            "spec.isolation.peers[1].network",
+            "twice",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: blue, subnet: 198.18.20.0/24, physicalNetwork: fabric}",
+            "spec.dedicated",
+            "blue",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {subnet: 198.18.20.0/24}",
+            "spec",
+            "tenant",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: Bad_Name}\nspec: {tenant: red, subnet: 198.18.20.0/24}",
+            "metadata.name",
+            "lower-case",
+        ),
+        (
+            "kind: LogicalNetwork\nmetadata: {name: red-db}\nspec: {tenant: red, subnet: 198.18.20.0/24}",
+            "metadata.name",
+            "defined twice",
+        ),
+        (
+            "kind: Tenant\nmetadata: {name: green}\nspec: {namespaces: [blue]}",
+            "spec.namespaces[0]",
+            "already owned",
+        ),
+        ("kind: Gadget\nmetadata: {name: g}", "kind", "unknown kind"),
+    ];
+    for (object, field, needle) in cases {
+        let e = one_error(&format!("apiVersion: genie.dev/v1alpha1\n{object}\n"));
+        assert_eq!(e.field, *field, "{object}: {e}");
+        assert!(
+            e.to_string().contains(needle),
+            "{object}: {e} lacks {needle}"
+        );
+    }
+    let e = one_error("apiVersion: genie.dev/v1\nkind: Tenant\nmetadata: {name: green}\n");
+    assert_eq!(e.field, "apiVersion");
+}
+
+#[test]
+fn broken_yaml_names_the_file() {
+    let errors = load("kind: [unclosed").unwrap_err();
+    assert_eq!(errors[0].file, PathBuf::from("objects.yaml"));
+    assert!(errors[0].message.contains("not valid YAML"), "{errors:?}");
+}
+
+#[test]
+fn pod_manifests_are_accepted_in_the_directory() {
+    let model = load(&format!(
+        "{VALID}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: red}}\n"
+    ))
+    .unwrap();
+    assert_eq!(model.tenants.len(), 2);
+}
