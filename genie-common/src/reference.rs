@@ -149,7 +149,8 @@ impl ReferenceDataplane {
             }
             let a = &ip.src.addr;
             let link_local = (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || a.iter().all(|b| *b == 0);
-            if !(neighbour_discovery && link_local) && !self.owns(&endpoint, &ip.src) {
+            let link_local_nd = neighbour_discovery && link_local;
+            if !link_local_nd && !self.owns(&endpoint, &ip.src) {
                 return Reason::SpoofedIp;
             }
         }

@@ -113,7 +113,7 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, direction: Direction) -> Reason {
     let epoch = CONFIG.get(0).map(|c| c.policy_epoch).unwrap_or(0);
     let closing = ip.protocol == proto::TCP && ip.tcp_flags & (TCP_FIN | TCP_RST) != 0;
 
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: LRU entries may be updated concurrently by another CPU; every field is a
         // plain integer, and a torn timestamp only shifts an expiry by a refresh period.
         let ct = unsafe { &mut *entry };
@@ -135,7 +135,7 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, direction: Direction) -> Reason {
                     policy_allows,
                 );
                 if reason.is_drop() {
-                    let _ = CONNTRACK.remove(&key);
+                    let _ = CONNTRACK.remove(key);
                     return Reason::Revoked;
                 }
                 ct.epoch = epoch;

@@ -159,10 +159,9 @@ impl TestNode {
             if let Ok(Response {
                 status: Some(s), ..
             }) = self.call(&Request::Status)
+                && s.ready
             {
-                if s.ready {
-                    return Ok(());
-                }
+                return Ok(());
             }
             let exited = match self.agent.lock().expect("agent lock").as_mut() {
                 Some(child) => child.try_wait()?,

@@ -28,10 +28,7 @@ use aya::{
 };
 pub use counters::{CounterRow, read_counters};
 pub use error::DataplaneError;
-use genie_common::{
-    Direction, EndpointInfo,
-    maps::{ALL_MAPS, ENDPOINTS_MAP},
-};
+use genie_common::{Direction, maps::ALL_MAPS};
 pub use maps::{ApplyStats, PinnedMaps};
 
 use crate::{EBPF_OBJECT, netns};
@@ -46,13 +43,13 @@ const LINKS_DIR: &str = "links";
 
 /// An endpoint interface to put under genie's programs.
 #[derive(Debug, Clone)]
-pub struct EndpointAttachment {
+struct EndpointAttachment {
     /// The network namespace the interface lives in (for veths: the node's, host side).
-    pub netns: PathBuf,
+    netns: PathBuf,
     /// Name of the interface inside `netns`.
-    pub ifname: String,
-    /// Agent-assigned endpoint id (counter key).
-    pub endpoint_id: u32,
+    ifname: String,
+    /// Agent-assigned endpoint id (names the link pins).
+    endpoint_id: u32,
 }
 
 /// The loaded dataplane of one node.
@@ -148,27 +145,6 @@ impl Dataplane {
         Ok(ifindex)
     }
 
-    /// Registers `ep` with the minimal record (no identity, no addresses) and attaches: the
-    /// counting-only setup the foundation tests and the early demo use.
-    pub fn attach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<u32, DataplaneError> {
-        let ifindex = interface_index(&ep.netns, &ep.ifname)?;
-        let mut maps = PinnedMaps::open(&self.bpffs)?;
-        maps.endpoints
-            .insert(
-                ifindex,
-                EndpointInfo {
-                    endpoint_id: ep.endpoint_id,
-                    ..EndpointInfo::default()
-                },
-                0,
-            )
-            .map_err(|source| DataplaneError::Map {
-                name: ENDPOINTS_MAP,
-                source,
-            })?;
-        self.attach(&ep.netns, &ep.ifname, ep.endpoint_id)
-    }
-
     fn attach_direction(
         &mut self,
         ep: &EndpointAttachment,
@@ -233,24 +209,6 @@ impl Dataplane {
     pub fn detach(&mut self, endpoint_id: u32) -> Result<(), DataplaneError> {
         for direction in Direction::ALL {
             detach_pinned_link(&link_pin_path(&self.bpffs, endpoint_id, direction))?;
-        }
-        Ok(())
-    }
-
-    /// Detaches an endpoint set up with [`Dataplane::attach_endpoint`] and removes its record.
-    pub fn detach_endpoint(&mut self, ep: &EndpointAttachment) -> Result<(), DataplaneError> {
-        self.detach(ep.endpoint_id)?;
-        if let Ok(ifindex) = interface_index(&ep.netns, &ep.ifname) {
-            let mut maps = PinnedMaps::open(&self.bpffs)?;
-            match maps.endpoints.remove(&ifindex) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(DataplaneError::Map {
-                        name: ENDPOINTS_MAP,
-                        source,
-                    });
-                }
-            }
         }
         Ok(())
     }
