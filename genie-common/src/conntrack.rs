@@ -27,7 +27,10 @@ pub fn flow_key(
     dport: u16,
     protocol: u8,
 ) -> (CtKey, bool) {
-    let src_is_lo = (src.addr, sport) <= (dst.addr, dport);
+    let src_is_lo = match src.le(&dst) {
+        Some(le) => le,
+        None => sport <= dport,
+    };
     let (addr_lo, port_lo, addr_hi, port_hi) = if src_is_lo {
         (src, sport, dst, dport)
     } else {

@@ -24,9 +24,11 @@ pub const CONNTRACK_MAP: &str = "genie_ct";
 pub const CONFIG_MAP: &str = "genie_config";
 /// Packet and byte counters per (endpoint, identity, direction, reason); per-CPU.
 pub const COUNTERS_MAP: &str = "genie_counters";
+/// Per-CPU working memory of the programs (the parsed packet, its flow key); nothing to read.
+pub const SCRATCH_MAP: &str = "genie_scratch";
 
 /// Every map the eBPF object defines, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     ENDPOINTS_MAP,
     ADDRS_MAP,
     CIDRS_MAP,
@@ -35,10 +37,11 @@ pub const ALL_MAPS: [&str; 8] = [
     CONNTRACK_MAP,
     CONFIG_MAP,
     COUNTERS_MAP,
+    SCRATCH_MAP,
 ];
 
 /// Capacity of [`ENDPOINTS_MAP`]: pod interfaces on one node.
-pub const MAX_ENDPOINTS: u32 = 65_536;
+pub const MAX_ENDPOINTS: u32 = 131_072;
 /// Capacity of [`ADDRS_MAP`]: endpoint addresses known to the node (local and remote).
 pub const MAX_ADDRS: u32 = 262_144;
 /// Capacity of [`CIDRS_MAP`].
@@ -65,12 +68,58 @@ pub mod identity_flags {
 }
 
 /// An IPv6 address or IPv4-mapped IPv4 address, network byte order.
-#[repr(C)]
+///
+/// Aligned to 4 bytes so the BPF backend copies, zeroes and compares it with word operations;
+/// with byte alignment LLVM emits calls to byte-by-byte `memset`/`memcmp` loops, which were
+/// most of the per-packet cost. The LPM key (`u32` prefix length, then these 16 bytes) keeps
+/// its kernel layout.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IpAddr16 {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<IpAddr16>() == 16);
+
+impl IpAddr16 {
+    /// The address as two big-endian halves: comparing them orders addresses like their bytes,
+    /// and they stay in registers (no `memcmp`, no stack arrays in BPF).
+    #[inline(always)]
+    pub const fn halves(&self) -> (u64, u64) {
+        let p = self.addr.as_ptr().cast::<u64>();
+        // SAFETY: `addr` is 16 readable bytes; `read_unaligned` has no alignment requirement.
+        // Reading in place keeps the BPF backend from building byte arrays on the stack.
+        let (hi, lo) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
+        (u64::from_be(hi), u64::from_be(lo))
+    }
+
+    /// `Some(self < other)` when the addresses differ, `None` when they are equal.
+    #[inline(always)]
+    pub const fn le(&self, other: &IpAddr16) -> Option<bool> {
+        let (a0, a1) = self.halves();
+        let (b0, b1) = other.halves();
+        if a0 != b0 {
+            Some(a0 < b0)
+        } else if a1 != b1 {
+            Some(a1 < b1)
+        } else {
+            None
+        }
+    }
+
+    /// Whether every byte is zero (`::`).
+    #[inline(always)]
+    pub const fn is_unspecified(&self) -> bool {
+        let (a, b) = self.halves();
+        a | b == 0
+    }
+}
+
+/// Compares two MAC addresses with integer operations (no `memcmp` in BPF).
+#[inline(always)]
+pub const fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]]) == u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        && u16::from_ne_bytes([a[4], a[5]]) == u16::from_ne_bytes([b[4], b[5]])
+}
 
 impl IpAddr16 {
     /// The IPv4-mapped form of an IPv4 address given as network-order bytes.

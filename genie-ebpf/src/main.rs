@@ -26,6 +26,13 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
     handle(&ctx, Direction::Ingress)
 }
 
+/// Does nothing but pass the packet: the baseline `cargo xtask bench datapath` measures next
+/// to the real programs, in the same run. Never attached by the agent.
+#[classifier]
+pub fn bench_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 #[inline(always)]
 fn handle(ctx: &TcContext, direction: Direction) -> i32 {
     let verdict = verdict::decide(ctx, direction);

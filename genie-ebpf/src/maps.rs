@@ -3,7 +3,7 @@
 //! one of them, and a privileged test dumps each by name).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use genie_common::maps::{
@@ -45,3 +45,8 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 #[btf_map(name = "genie_counters")]
 pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue, { MAX_COUNTERS as usize }> =
     PerCpuHashMap::new();
+
+/// Per-CPU working memory for the parsed packet and its flow (`SCRATCH_MAP`): the 512-byte
+/// BPF stack cannot hold them next to the decision's map keys.
+#[btf_map(name = "genie_scratch")]
+pub static SCRATCH: PerCpuArray<crate::verdict::Scratch, 1> = PerCpuArray::new();

@@ -13,90 +13,92 @@ const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv6 extension headers genie walks through before giving up (RFC 8200 §4.1 order).
 const MAX_IPV6_EXTENSIONS: usize = 6;
 
-/// What a packet is, as far as the verdict needs to know.
-pub enum Parsed {
-    Arp(Arp),
-    Ip(Ip),
-    /// Another Ethernet type.
-    Other,
-}
+/// Kinds of packet [`parse`] reports.
+pub const KIND_MALFORMED: u8 = 0;
+pub const KIND_IP: u8 = 1;
+pub const KIND_ARP: u8 = 2;
+pub const KIND_OTHER: u8 = 3;
 
+#[derive(Default)]
 pub struct Arp {
     pub eth_src: [u8; 6],
     pub sender_mac: [u8; 6],
     pub sender_ip: [u8; 4],
 }
 
+/// A parsed IP packet. Lives in the per-CPU scratch map, not on the stack.
+#[repr(C)]
 pub struct Ip {
-    pub eth_src: [u8; 6],
     pub src: IpAddr16,
     pub dst: IpAddr16,
-    pub protocol: u8,
+    pub eth_src: [u8; 6],
     /// Source port, or the echo identifier for ICMP echo; 0 otherwise.
     pub sport: u16,
     /// Destination port, or the echo identifier for ICMP echo; 0 otherwise.
     pub dport: u16,
+    pub protocol: u8,
     pub tcp_flags: u8,
     pub icmp_type: u8,
-    pub fragment: bool,
-    pub is_v6: bool,
+    /// 1 for any IP fragment (first or later).
+    pub fragment: u8,
+    /// 1 for IPv6.
+    pub is_v6: u8,
+    pub _pad: u8,
 }
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 
-/// `Err(())` means truncated or malformed.
+/// Parses the frame: IP packets into `ip`, ARP into `arp`. Returns one of the `KIND_*`.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
-    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
+    let Ok(eth) = ctx.load::<[u8; ETH_HLEN]>(0) else {
+        return KIND_MALFORMED;
+    };
     let mut eth_src = [0u8; 6];
     eth_src.copy_from_slice(&eth[6..12]);
-    match u16::from_be_bytes([eth[12], eth[13]]) {
-        ETH_P_ARP => parse_arp(ctx, eth_src).map(Parsed::Arp),
-        ETH_P_IP | ETH_P_IPV6 => {
-            let mut ip = Ip {
-                eth_src,
-                src: IpAddr16::default(),
-                dst: IpAddr16::default(),
-                protocol: 0,
-                sport: 0,
-                dport: 0,
-                tcp_flags: 0,
-                icmp_type: 0,
-                fragment: false,
-                is_v6: false,
-            };
-            let status = if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
-                parse_ipv4(ctx, &mut ip)
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    match ethertype {
+        ETH_P_ARP => {
+            if parse_arp(ctx, eth_src, arp).is_ok() {
+                KIND_ARP
             } else {
-                parse_ipv6(ctx, &mut ip)
-            };
-            if status == OK {
-                Ok(Parsed::Ip(ip))
-            } else {
-                Err(())
+                KIND_MALFORMED
             }
         }
-        _ => Ok(Parsed::Other),
+        ETH_P_IP | ETH_P_IPV6 => {
+            ip.eth_src = eth_src;
+            ip.sport = 0;
+            ip.dport = 0;
+            ip.tcp_flags = 0;
+            ip.icmp_type = 0;
+            ip.fragment = 0;
+            let status = if ethertype == ETH_P_IP {
+                parse_ipv4(ctx, ip)
+            } else {
+                parse_ipv6(ctx, ip)
+            };
+            if status == OK {
+                KIND_IP
+            } else {
+                KIND_MALFORMED
+            }
+        }
+        _ => KIND_OTHER,
     }
 }
 
 #[inline(always)]
-fn parse_arp(ctx: &TcContext, eth_src: [u8; 6]) -> Result<Arp, ()> {
+fn parse_arp(ctx: &TcContext, eth_src: [u8; 6], out: &mut Arp) -> Result<(), ()> {
     let arp: [u8; 28] = ctx.load(ETH_HLEN).map_err(|_| ())?;
     // Ethernet/IPv4 ARP only (RFC 826): hardware type 1, protocol 0x0800, lengths 6 and 4.
     if arp[0..2] != [0, 1] || arp[2..4] != [0x08, 0x00] || arp[4] != 6 || arp[5] != 4 {
         return Err(());
     }
-    let mut sender_mac = [0u8; 6];
-    sender_mac.copy_from_slice(&arp[8..14]);
-    let mut sender_ip = [0u8; 4];
-    sender_ip.copy_from_slice(&arp[14..18]);
-    Ok(Arp {
-        eth_src,
-        sender_mac,
-        sender_ip,
-    })
+    out.eth_src = eth_src;
+    out.sender_mac.copy_from_slice(&arp[8..14]);
+    out.sender_ip.copy_from_slice(&arp[14..18]);
+    Ok(())
 }
 
 /// Status of the non-inlined parsers. They return a plain integer and write through a
@@ -118,12 +120,12 @@ fn parse_ipv4(ctx: &TcContext, ip: &mut Ip) -> i32 {
     }
     let frag = u16::from_be_bytes([h[6], h[7]]);
     // More-fragments flag or a non-zero offset (RFC 791).
-    ip.fragment = frag & 0x3fff != 0;
+    ip.fragment = u8::from(frag & 0x3fff != 0);
     ip.src = IpAddr16::from_v4([h[12], h[13], h[14], h[15]]);
     ip.dst = IpAddr16::from_v4([h[16], h[17], h[18], h[19]]);
     ip.protocol = h[9];
-    ip.is_v6 = false;
-    if ip.fragment {
+    ip.is_v6 = 0;
+    if ip.fragment != 0 {
         return OK;
     }
     parse_l4(ctx, ETH_HLEN + ihl * 4, ip)
@@ -143,7 +145,7 @@ fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
     dst.copy_from_slice(&h[24..40]);
     ip.src = IpAddr16::from_v6(src);
     ip.dst = IpAddr16::from_v6(dst);
-    ip.is_v6 = true;
+    ip.is_v6 = 1;
     let mut next = h[6];
     let mut offset = ETH_HLEN + 40;
     for _ in 0..MAX_IPV6_EXTENSIONS {
@@ -165,14 +167,14 @@ fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
                 offset += (ext[1] as usize + 2) * 4;
             }
             44 => {
-                ip.fragment = true;
+                ip.fragment = 1;
                 break;
             }
             _ => break,
         }
     }
     ip.protocol = next;
-    if ip.fragment {
+    if ip.fragment != 0 {
         return OK;
     }
     // Still an extension header after the walk: too deep to trust.
@@ -231,7 +233,7 @@ fn is_echo(protocol: u8, icmp_type: u8) -> bool {
 /// RFC 2710/3810 types 130–132 and 143): IPv6's ARP, kept working in both directions.
 #[inline(always)]
 pub fn is_neighbour_discovery(ip: &Ip) -> bool {
-    ip.is_v6 && ip.protocol == proto::ICMPV6 && matches!(ip.icmp_type, 130..=137 | 143)
+    ip.is_v6 != 0 && ip.protocol == proto::ICMPV6 && matches!(ip.icmp_type, 130..=137 | 143)
 }
 
 /// Link-local (fe80::/10) or unspecified (::) source: what ND and MLD use before an address is
@@ -239,5 +241,5 @@ pub fn is_neighbour_discovery(ip: &Ip) -> bool {
 #[inline(always)]
 pub fn is_link_local_or_unspecified(addr: &IpAddr16) -> bool {
     let a = &addr.addr;
-    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || a.iter().all(|b| *b == 0)
+    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || addr.is_unspecified()
 }

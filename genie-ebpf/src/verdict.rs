@@ -1,18 +1,40 @@
 //! The decision for one packet on one endpoint interface (DESIGN.md §3): identity from the
 //! interface, anti-spoofing, connection tracking first, policy only for new flows.
+//!
+//! The stages are separate BPF functions passing pointers into the per-CPU scratch map: the
+//! 512-byte stack limit applies to the whole call chain, and the parsed packet plus its flow
+//! key do not fit next to the map keys of the decision.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns, programs::TcContext};
 use genie_common::{
     Direction, EndpointInfo, Reason,
     conntrack::{REFRESH_NS, flow_key, timeout_ns},
-    maps::{AddrInfo, CtValue, IpAddr16, ct_flags},
+    maps::{AddrInfo, CtKey, CtValue, IpAddr16, PolicyKey, ct_flags, mac_eq},
     policy::{Side, classify, decide_new_flow, proto},
 };
 
 use crate::{
-    maps::{ADDRS, CIDRS, CONFIG, CONNTRACK, ENDPOINTS, IDENTITIES, POLICY},
-    parse::{self, Arp, Ip, Parsed, TCP_FIN, TCP_RST},
+    maps::{ADDRS, CIDRS, CONFIG, CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, SCRATCH},
+    parse::{self, Arp, Ip, KIND_ARP, KIND_IP, KIND_OTHER, TCP_FIN, TCP_RST},
 };
+
+/// A packet's flow, as the conntrack stages need it.
+#[repr(C)]
+pub struct Flow {
+    pub key: CtKey,
+    pub now: u64,
+    pub epoch: u32,
+    pub src_is_lo: u8,
+    pub closing: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU working memory of one program run.
+#[repr(C)]
+pub struct Scratch {
+    pub ip: Ip,
+    pub flow: Flow,
+}
 
 /// The endpoint the packet belongs to (for counting) and what happens to it.
 pub struct Verdict {
@@ -34,32 +56,47 @@ pub fn decide(ctx: &TcContext, direction: Direction) -> Verdict {
             reason: Reason::UnknownEndpoint,
         };
     };
-    let reason = match parse::parse(ctx) {
-        Err(()) => Reason::Malformed,
-        Ok(Parsed::Other) => Reason::UnsupportedProtocol,
-        Ok(Parsed::Arp(arp)) => arp_verdict(&endpoint, &arp, direction),
-        Ok(Parsed::Ip(ip)) => Reason::from_u8(ip_verdict(&endpoint, &ip, direction as u8))
-            .unwrap_or(Reason::Malformed),
-    };
+    let reason = Reason::from_u8(classify_packet(ctx, &endpoint, direction as u8))
+        .unwrap_or(Reason::Malformed);
     Verdict { endpoint, reason }
+}
+
+/// Parses and decides the packet. Returns a `Reason` discriminant; takes the direction as a
+/// byte (a Rust enum in a BPF function's signature becomes BTF the kernel rejects).
+#[inline(never)]
+fn classify_packet(ctx: &TcContext, endpoint: &EndpointInfo, direction: u8) -> u8 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Reason::Malformed as u8;
+    };
+    // SAFETY: index 0 of a one-entry per-CPU array: this CPU's slot, used by this run only
+    // (TC programs do not nest on one CPU).
+    let scratch = unsafe { &mut *scratch };
+    let mut arp = Arp::default();
+    let reason = match parse::parse(ctx, &mut scratch.ip, &mut arp) {
+        KIND_IP => ip_reason(endpoint, &scratch.ip, &mut scratch.flow, direction),
+        KIND_ARP => arp_verdict(endpoint, &arp, direction),
+        KIND_OTHER => Reason::UnsupportedProtocol,
+        _ => Reason::Malformed,
+    };
+    reason as u8
 }
 
 #[inline(always)]
 fn mac_ok(endpoint: &EndpointInfo, mac: &[u8; 6]) -> bool {
-    endpoint.mac == [0; 6] || endpoint.mac == *mac
+    mac_eq(&endpoint.mac, &[0; 6]) || mac_eq(&endpoint.mac, mac)
 }
 
 #[inline(always)]
 fn owns(endpoint: &EndpointInfo, addr: &IpAddr16) -> bool {
-    // SAFETY: copied out at once.
+    // SAFETY: read at once.
     matches!(unsafe { ADDRS.get(addr) }, Some(AddrInfo { endpoint_id, .. }) if *endpoint_id == endpoint.endpoint_id)
 }
 
 /// ARP passes both ways, but what a pod announces must be its own: ARP spoofing is the classic
 /// way to steal a neighbour's traffic on a shared segment.
 #[inline(always)]
-fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: Direction) -> Reason {
-    if direction == Direction::Ingress {
+fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: u8) -> Reason {
+    if direction == Direction::Ingress as u8 {
         return Reason::Forwarded;
     }
     if !mac_ok(endpoint, &arp.eth_src) || !mac_ok(endpoint, &arp.sender_mac) {
@@ -72,27 +109,10 @@ fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: Direction) -> Reas
     Reason::Forwarded
 }
 
-// The stages below are separate BPF functions so that no single stack frame holds every
-// temporary of the pipeline (512-byte BPF stack).
-// Returns a `Reason` discriminant and takes the direction as a byte: plain integers keep the
-// function's BTF signature loadable (see `parse`).
-#[inline(never)]
-fn ip_verdict(endpoint: &EndpointInfo, ip: &Ip, direction: u8) -> u8 {
-    ip_reason(
-        endpoint,
-        ip,
-        if direction == Direction::Egress as u8 {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        },
-    ) as u8
-}
-
 #[inline(always)]
-fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, direction: Direction) -> Reason {
+fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -> Reason {
     let neighbour_discovery = parse::is_neighbour_discovery(ip);
-    if direction == Direction::Egress {
+    if direction == Direction::Egress as u8 {
         if !mac_ok(endpoint, &ip.eth_src) {
             return Reason::SpoofedMac;
         }
@@ -104,80 +124,118 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, direction: Direction) -> Reason {
     if neighbour_discovery {
         return Reason::Forwarded;
     }
-    if ip.fragment {
+    if ip.fragment != 0 {
         return Reason::Fragment;
     }
     let (key, src_is_lo) = flow_key(ip.src, ip.dst, ip.sport, ip.dport, ip.protocol);
+    flow.key = key;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let epoch = CONFIG.get(0).map(|c| c.policy_epoch).unwrap_or(0);
-    let closing = ip.protocol == proto::TCP && ip.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: LRU entries may be updated concurrently by another CPU; every field is a
-        // plain integer, and a torn timestamp only shifts an expiry by a refresh period.
-        let ct = unsafe { &mut *entry };
-        if now.saturating_sub(ct.last_seen_ns) <= timeout_ns(ip.protocol, ct.flags) {
-            if ct.epoch != epoch {
-                // Policy changed since this flow was admitted: check it again as the flow
-                // that opened it, and cut it if it is no longer allowed.
-                let opened_by_lo = ct.flags & ct_flags::OPENED_BY_LO != 0;
-                let (src, dst, dport) = if opened_by_lo {
-                    (key.addr_lo, key.addr_hi, key.port_hi)
-                } else {
-                    (key.addr_hi, key.addr_lo, key.port_lo)
-                };
-                let reason = decide_new_flow(
-                    side_of(&src),
-                    side_of(&dst),
-                    ip.protocol,
-                    dport,
-                    policy_allows,
-                );
-                if reason.is_drop() {
-                    let _ = CONNTRACK.remove(key);
-                    return Reason::Revoked;
-                }
-                ct.epoch = epoch;
-            }
-            if now.saturating_sub(ct.last_seen_ns) > REFRESH_NS {
-                ct.last_seen_ns = now;
-            }
-            if closing && ct.flags & ct_flags::CLOSING == 0 {
-                ct.flags |= ct_flags::CLOSING;
-                ct.last_seen_ns = now;
-            }
-            return Reason::Forwarded;
-        }
+    flow.now = unsafe { bpf_ktime_get_ns() };
+    flow.epoch = CONFIG.get(0).map(|c| c.policy_epoch).unwrap_or(0);
+    flow.src_is_lo = u8::from(src_is_lo);
+    flow.closing = u8::from(ip.protocol == proto::TCP && ip.tcp_flags & (TCP_FIN | TCP_RST) != 0);
+    match tracked(flow) {
+        TRACKED => Reason::Forwarded,
+        REVOKED => Reason::Revoked,
+        _ => Reason::from_u8(new_flow(endpoint, ip, direction, flow)).unwrap_or(Reason::Malformed),
     }
+}
 
-    // A new flow (or an expired entry).
-    let (src, dst) = match direction {
-        Direction::Egress => (endpoint_side(endpoint), side_of(&ip.dst)),
-        Direction::Ingress => (side_of(&ip.src), endpoint_side(endpoint)),
+const UNTRACKED: u8 = 0;
+const TRACKED: u8 = 1;
+const REVOKED: u8 = 2;
+
+/// Looks the flow up in conntrack: `TRACKED` (and refreshed) for a live entry still allowed,
+/// `REVOKED` (entry deleted) when a policy change disallows it, `UNTRACKED` otherwise.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
+)]
+fn tracked(flow: &Flow) -> u8 {
+    let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
+        return UNTRACKED;
+    };
+    // SAFETY: LRU entries may be updated concurrently by another CPU; every field is a plain
+    // integer, and a torn timestamp only shifts an expiry by a refresh period.
+    let ct = unsafe { &mut *entry };
+    if flow.now.saturating_sub(ct.last_seen_ns) > timeout_ns(flow.key.protocol, ct.flags) {
+        return UNTRACKED;
+    }
+    if ct.epoch != flow.epoch {
+        // Policy changed since this flow was admitted: check it again as the flow that opened
+        // it, and cut it if it is no longer allowed (tightening is immediate).
+        if revalidate(&flow.key, ct.flags) != Reason::Forwarded as u8 {
+            let _ = CONNTRACK.remove(&flow.key);
+            return REVOKED;
+        }
+        ct.epoch = flow.epoch;
+    }
+    if flow.now.saturating_sub(ct.last_seen_ns) > REFRESH_NS {
+        ct.last_seen_ns = flow.now;
+    }
+    if flow.closing != 0 && ct.flags & ct_flags::CLOSING == 0 {
+        ct.flags |= ct_flags::CLOSING;
+        ct.last_seen_ns = flow.now;
+    }
+    TRACKED
+}
+
+/// The verdict for a tracked flow's opening direction under the current maps.
+#[inline(never)]
+fn revalidate(key: &CtKey, flags: u8) -> u8 {
+    let (src, dst, dport) = if flags & ct_flags::OPENED_BY_LO != 0 {
+        (&key.addr_lo, &key.addr_hi, key.port_hi)
+    } else {
+        (&key.addr_hi, &key.addr_lo, key.port_lo)
+    };
+    decide_new_flow(
+        side_of(src),
+        side_of(dst),
+        key.protocol,
+        dport,
+        policy_allows,
+    ) as u8
+}
+
+/// Decides a new flow and tracks it when allowed. Returns a `Reason` discriminant.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
+)]
+fn new_flow(endpoint: &EndpointInfo, ip: &Ip, direction: u8, flow: &Flow) -> u8 {
+    let (src, dst) = if direction == Direction::Egress as u8 {
+        (endpoint_side(endpoint), side_of(&ip.dst))
+    } else {
+        (side_of(&ip.src), endpoint_side(endpoint))
     };
     let reason = decide_new_flow(src, dst, ip.protocol, ip.dport, policy_allows);
     if !reason.is_drop() {
-        let mut flags = if src_is_lo { ct_flags::OPENED_BY_LO } else { 0 };
-        if closing {
+        let mut flags = if flow.src_is_lo != 0 {
+            ct_flags::OPENED_BY_LO
+        } else {
+            0
+        };
+        if flow.closing != 0 {
             flags |= ct_flags::CLOSING;
         }
         let value = CtValue {
-            last_seen_ns: now,
-            epoch,
+            last_seen_ns: flow.now,
+            epoch: flow.epoch,
             flags,
             _pad: [0; 3],
         };
         // A full LRU evicts the oldest entry; an insert can only fail on memory pressure, and
         // then the next packet of the flow is simply decided again.
-        let _ = CONNTRACK.insert(key, value, u64::from(BPF_ANY));
+        let _ = CONNTRACK.insert(&flow.key, value, u64::from(BPF_ANY));
     }
-    reason
+    reason as u8
 }
 
 #[inline(always)]
 fn identity_flags(identity: u32) -> u32 {
-    // SAFETY: copied out at once.
+    // SAFETY: read at once.
     unsafe { IDENTITIES.get(identity) }
         .map(|i| i.flags)
         .unwrap_or(0)
@@ -210,7 +268,7 @@ fn side_of(addr: &IpAddr16) -> Side {
 }
 
 #[inline(always)]
-fn policy_allows(key: &genie_common::maps::PolicyKey, port: u16) -> bool {
+fn policy_allows(key: &PolicyKey, port: u16) -> bool {
     // SAFETY: the value is only read within this call.
     match unsafe { POLICY.get(key) } {
         Some(value) => value.allows_port(port),

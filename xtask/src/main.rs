@@ -1,5 +1,6 @@
 //! `cargo xtask …`: the developer tasks (DESIGN.md §4).
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -24,9 +25,11 @@ enum Task {
     BuildEbpf,
     /// Setup, formatting and lint checks, unprivileged tests, then privileged tests as root.
     Test(test::TestArgs),
-    /// Build genie, create a small namespace topology, attach, send traffic, print counters,
-    /// clean up.
+    /// Build genie, create a node with pods of two tenants, run the real agent, show the
+    /// connectivity matrix, tightening and inspection, clean up.
     Demo(demo::DemoArgs),
+    /// Run a benchmark (as root): `datapath`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         }
         Task::Test(args) => test::test(&args),
         Task::Demo(args) => demo::demo(&args),
+        Task::Bench(args) => bench::bench(&args),
     }
 }

@@ -59,6 +59,13 @@ pub fn test(args: &TestArgs) -> Result<()> {
         return Ok(());
     }
     step("privileged tests (serial, as root)");
+    // The traffic tests run the real `genie` binary.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--package",
+        "genie-agent",
+        "--bins",
+    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--package", "genie-tests", "--", "--ignored"])
@@ -80,9 +87,11 @@ pub fn test(args: &TestArgs) -> Result<()> {
     Ok(())
 }
 
-/// Namespaces and bpffs directories named like the harness's (`genie-t…`).
+/// Namespaces, bpffs directories and temporary directories named like the harness's
+/// (`genie-t…`).
 fn leftovers() -> Vec<String> {
-    ["/run/netns", "/sys/fs/bpf"]
+    let tmp = std::env::temp_dir();
+    ["/run/netns", "/sys/fs/bpf", &tmp.to_string_lossy()]
         .iter()
         .flat_map(|dir| {
             std::fs::read_dir(dir)

@@ -37,6 +37,8 @@ use crate::{EBPF_OBJECT, netns};
 pub const FROM_ENDPOINT_PROGRAM: &str = "from_endpoint";
 /// The program that sees what is delivered to an endpoint (TCX egress of the host side).
 pub const TO_ENDPOINT_PROGRAM: &str = "to_endpoint";
+/// A program that passes every packet: the benchmark's baseline, never attached.
+pub const BENCH_PASS_PROGRAM: &str = "bench_pass";
 
 /// Subdirectory of the bpffs directory holding one pinned TCX link per endpoint and direction.
 const LINKS_DIR: &str = "links";
@@ -90,7 +92,11 @@ impl Dataplane {
                 return Err(DataplaneError::MissingMap { name });
             }
         }
-        for name in [FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM] {
+        for name in [
+            FROM_ENDPOINT_PROGRAM,
+            TO_ENDPOINT_PROGRAM,
+            BENCH_PASS_PROGRAM,
+        ] {
             classifier_mut(&mut ebpf, name)?.load().map_err(|source| {
                 DataplaneError::ProgramLoad {
                     name,
