@@ -233,3 +233,11 @@ fn pod_manifests_are_accepted_in_the_directory() {
     .unwrap();
     assert_eq!(model.tenants.len(), 2);
 }
+
+#[test]
+fn the_example_directory_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/objects");
+    let model = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.logical.len(), 3);
+    assert_eq!(model.logical["red-web"].isolation.peers[0].rules.len(), 3);
+}
