@@ -132,59 +132,15 @@ pub fn udp(
     })
 }
 
-/// Opens a TCP connection from `from` to `to:port`, sends a message and reads the echo.
-/// Returns whether the exchange completed.
+/// Opens a TCP connection from `from` to `to:port` (where an [`EchoServer`] is started for
+/// the occasion), sends a message and reads the echo. Returns whether the exchange completed.
 pub fn tcp_echo(
     from: &(impl Reachable + ?Sized),
     to: &(impl Reachable + ?Sized),
     port: u16,
 ) -> Result<bool> {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let to_ip = to.ipv4();
-    let to_path = to.netns().path();
-    let from_path = from.netns().path();
-    thread::scope(|scope| {
-        scope.spawn(move || {
-            let _ = netns::run_in(&to_path, move || -> Result<()> {
-                let listener = TcpListener::bind((to_ip, port))?;
-                listener.set_nonblocking(true)?;
-                ready_tx.send(()).ok();
-                let deadline = Instant::now() + Duration::from_secs(3);
-                while Instant::now() < deadline {
-                    match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            stream.set_nonblocking(false)?;
-                            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                            let mut buf = [0u8; 64];
-                            let n = stream.read(&mut buf)?;
-                            stream.write_all(&buf[..n])?;
-                            return Ok(());
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(10));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Ok(())
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the TCP listener in {} never got ready", to.label()))?;
-        netns::run_in(&from_path, move || -> Result<bool> {
-            let addr = SocketAddr::from((to_ip, port));
-            let Ok(mut stream) = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) else {
-                return Ok(false);
-            };
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let message = b"genie-echo";
-            stream.write_all(message)?;
-            let mut buf = [0u8; 64];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            Ok(&buf[..n] == message)
-        })?
-    })
+    let _server = EchoServer::start(to, port)?;
+    tcp_connect_echo(from, to.ipv4(), port)
 }
 
 /// Sends `count` ICMP echo requests from `from` to `to` and returns how many replies came back.
