@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod dataplane;
 pub mod endpoint;
 pub mod inspect;

@@ -1,0 +1,6 @@
+//! The CNI side of genie (thick model, DESIGN.md §4): the `genie-cni` shim forwards each
+//! request to the agent, which works out the pod's attachments, delegates to real plugins and
+//! attaches genie's programs before ADD returns.
+
+pub mod annotations;
+pub mod spec;
