@@ -27,6 +27,8 @@ pub struct IpMeta {
     pub icmp_type: u8,
     pub fragment: bool,
     pub is_v6: bool,
+    /// For an ICMP error: the (src, dst, sport, dport, protocol) of the packet it quotes.
+    pub quoted: Option<(IpAddr16, IpAddr16, u16, u16, u8)>,
 }
 
 /// A packet as the programs classify it.
@@ -159,6 +161,14 @@ impl ReferenceDataplane {
         }
         if ip.fragment {
             return Reason::Fragment;
+        }
+        if let Some((src, dst, sport, dport, protocol)) = ip.quoted {
+            let (key, _) = flow_key(src, dst, sport, dport, protocol);
+            if self.conntrack.get(&key).is_some_and(|ct| {
+                now_ns.saturating_sub(ct.last_seen_ns) <= timeout_ns(protocol, ct.flags)
+            }) {
+                return Reason::Forwarded;
+            }
         }
         let (key, src_is_lo) = flow_key(ip.src, ip.dst, ip.sport, ip.dport, ip.protocol);
         let closing = ip.protocol == proto::TCP && ip.tcp_flags & (TCP_FIN | TCP_RST) != 0;

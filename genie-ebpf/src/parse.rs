@@ -43,7 +43,22 @@ pub struct Ip {
     pub fragment: u8,
     /// 1 for IPv6.
     pub is_v6: u8,
-    pub _pad: u8,
+    /// 1 for an ICMP error whose quoted packet was parsed into `quoted`.
+    pub related: u8,
+    /// The flow an ICMP error quotes (destination unreachable, packet too big, time exceeded,
+    /// parameter problem): its reply is allowed when that flow is tracked.
+    pub quoted: Quoted,
+}
+
+/// The addresses, ports and protocol of a packet quoted inside an ICMP error.
+#[repr(C)]
+pub struct Quoted {
+    pub src: IpAddr16,
+    pub dst: IpAddr16,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -73,6 +88,7 @@ pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
             ip.tcp_flags = 0;
             ip.icmp_type = 0;
             ip.fragment = 0;
+            ip.related = 0;
             let status = if ethertype == ETH_P_IP {
                 parse_ipv4(ctx, ip)
             } else {
@@ -213,9 +229,75 @@ fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
                 let id = u16::from_be_bytes([c[4], c[5]]);
                 ip.sport = id;
                 ip.dport = id;
+            } else if is_error(ip.protocol, c[0]) && parse_quoted(ctx, offset + 8, ip) == OK {
+                ip.related = 1;
             }
         }
         _ => {}
+    }
+    OK
+}
+
+/// ICMP errors that quote the packet they are about: destination unreachable (with
+/// fragmentation needed), time exceeded, parameter problem (RFC 792 types 3, 11, 12), and
+/// their ICMPv6 counterparts including packet too big (RFC 4443 types 1–4). Path MTU discovery
+/// depends on them reaching the sender.
+#[inline(always)]
+fn is_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        proto::ICMP => matches!(icmp_type, 3 | 11 | 12),
+        _ => matches!(icmp_type, 1..=4),
+    }
+}
+
+/// Parses the IP header and the first transport bytes an ICMP error quotes at `offset`.
+#[inline(never)]
+fn parse_quoted(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
+    let q = &mut ip.quoted;
+    let l4_offset = if ip.is_v6 == 0 {
+        let Ok(h) = ctx.load::<[u8; 20]>(offset) else {
+            return MALFORMED;
+        };
+        let ihl = (h[0] & 0x0f) as usize;
+        if h[0] >> 4 != 4 || ihl < 5 {
+            return MALFORMED;
+        }
+        q.src = IpAddr16::from_v4([h[12], h[13], h[14], h[15]]);
+        q.dst = IpAddr16::from_v4([h[16], h[17], h[18], h[19]]);
+        q.protocol = h[9];
+        offset + ihl * 4
+    } else {
+        let Ok(h) = ctx.load::<[u8; 40]>(offset) else {
+            return MALFORMED;
+        };
+        if h[0] >> 4 != 6 {
+            return MALFORMED;
+        }
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&h[8..24]);
+        let mut dst = [0u8; 16];
+        dst.copy_from_slice(&h[24..40]);
+        q.src = IpAddr16::from_v6(src);
+        q.dst = IpAddr16::from_v6(dst);
+        // Extension headers in a quoted packet are not followed: such errors are then not
+        // recognised as related and are decided as ordinary ICMP.
+        q.protocol = h[6];
+        offset + 40
+    };
+    let Ok(t) = ctx.load::<[u8; 8]>(l4_offset & 0xffff) else {
+        return MALFORMED;
+    };
+    match q.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => {
+            q.sport = u16::from_be_bytes([t[0], t[1]]);
+            q.dport = u16::from_be_bytes([t[2], t[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 if is_echo(q.protocol, t[0]) => {
+            let id = u16::from_be_bytes([t[4], t[5]]);
+            q.sport = id;
+            q.dport = id;
+        }
+        _ => return MALFORMED,
     }
     OK
 }

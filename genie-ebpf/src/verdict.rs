@@ -127,6 +127,9 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -
     if ip.fragment != 0 {
         return Reason::Fragment;
     }
+    if ip.related != 0 && quoted_flow_tracked(ip) != 0 {
+        return Reason::Forwarded;
+    }
     let (key, src_is_lo) = flow_key(ip.src, ip.dst, ip.sport, ip.dport, ip.protocol);
     flow.key = key;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -179,6 +182,23 @@ fn tracked(flow: &Flow) -> u8 {
         ct.last_seen_ns = flow.now;
     }
     TRACKED
+}
+
+/// Whether the flow an ICMP error quotes is tracked and live: then the error is part of it.
+#[inline(never)]
+fn quoted_flow_tracked(ip: &Ip) -> u8 {
+    let q = &ip.quoted;
+    let (key, _) = flow_key(q.src, q.dst, q.sport, q.dport, q.protocol);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match CONNTRACK.get_ptr(key) {
+        // SAFETY: plain integers, read once.
+        Some(entry) => u8::from(
+            now.saturating_sub(unsafe { (*entry).last_seen_ns })
+                <= timeout_ns(q.protocol, unsafe { (*entry).flags }),
+        ),
+        None => 0,
+    }
 }
 
 /// The verdict for a tracked flow's opening direction under the current maps.

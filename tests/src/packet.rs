@@ -210,6 +210,55 @@ impl Packet {
     }
 }
 
+/// An ICMP error from `src` to `dst` about `quoted` (a packet `dst` sent): IPv4 "fragmentation
+/// needed" (type 3 code 4) or IPv6 "packet too big" (type 2), quoting the IP header and the
+/// first 8 transport bytes, as routers do for path MTU discovery.
+pub fn icmp_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    quoted: &Packet,
+) -> Vec<u8> {
+    let inner = quoted.frame();
+    let ip_len = if quoted.src.is_ipv6() { 40 } else { 20 };
+    let quote = &inner[14..(14 + ip_len + 8).min(inner.len())];
+    let mut icmp = vec![0u8; 8];
+    if src.is_ipv6() {
+        icmp[0] = 2;
+        icmp[4..8].copy_from_slice(&1280u32.to_be_bytes());
+    } else {
+        icmp[0] = 3;
+        icmp[1] = 4;
+        icmp[6..8].copy_from_slice(&1400u16.to_be_bytes());
+    }
+    icmp.extend_from_slice(quote);
+    let outer = Packet {
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        l4: L4::Other {
+            protocol: if src.is_ipv6() { 58 } else { 1 },
+        },
+        fragment: Fragment::None,
+    };
+    let mut frame = outer.frame();
+    // Replace the placeholder payload of `L4::Other` with the ICMP message.
+    let header_end = frame.len() - 16;
+    frame.truncate(header_end);
+    frame.extend_from_slice(&icmp);
+    if src.is_ipv6() {
+        frame[18..20].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
+    } else {
+        frame[16..18].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let csum = checksum(&frame[14..34], 0);
+        frame[24..26].copy_from_slice(&csum.to_be_bytes());
+    }
+    frame
+}
+
 /// An ARP request (RFC 826) from `sender_mac`/`sender_ip` for `target_ip`.
 pub fn arp_request(
     eth_src: [u8; 6],

@@ -2,8 +2,9 @@
 //!
 //! A node namespace holds a bridge `br0` (the node's address on each pod subnet) and the host
 //! side of every pod's veth; each pod namespace holds `eth0`. Neighbour and bridge forwarding
-//! entries are static by default, so the only packets on the wire are the ones a test sends —
-//! counters can then be compared exactly. IPv6 is off unless asked for, for the same reason.
+//! entries are static and multicast is off, so the only packets on the wire are the ones a test
+//! sends — counters can then be compared exactly. IPv6 is off unless asked for, for the same
+//! reason.
 
 use std::{
     net::Ipv4Addr,
@@ -150,6 +151,8 @@ impl Topology {
         names::sweep_dead_runs();
         let base = names::unique();
         let node = Netns::create(format!("{base}-node"), ipv6)?;
+        // No multicast snooping: with it the bridge joins 224.0.0.106 and its IGMP reports reach
+        // every pod at random times, so exact packet counts would flake.
         node.ip(&[
             "link",
             "add",
@@ -158,8 +161,10 @@ impl Topology {
             &mac_string(NODE_MAC),
             "type",
             "bridge",
+            "mcast_snooping",
+            "0",
         ])?;
-        node.ip(&["link", "set", "br0", "up"])?;
+        node.ip(&["link", "set", "br0", "multicast", "off", "up"])?;
         let bpffs = Path::new(names::BPFFS_ROOT).join(&base);
         Ok(Self {
             base,
@@ -254,8 +259,16 @@ impl Topology {
             "netns",
             pod.netns.name(),
         ])?;
-        self.node
-            .ip(&["link", "set", &pod.host_ifname, "master", "br0", "up"])?;
+        self.node.ip(&[
+            "link",
+            "set",
+            &pod.host_ifname,
+            "master",
+            "br0",
+            "multicast",
+            "off",
+            "up",
+        ])?;
         pod.netns.ip(&[
             "addr",
             "add",
@@ -263,7 +276,8 @@ impl Topology {
             "dev",
             "eth0",
         ])?;
-        pod.netns.ip(&["link", "set", "eth0", "up"])?;
+        pod.netns
+            .ip(&["link", "set", "eth0", "multicast", "off", "up"])?;
         pod.netns
             .ip(&["route", "add", "default", "via", &gateway.to_string()])?;
 

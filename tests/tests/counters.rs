@@ -111,11 +111,13 @@ fn counts_exactly_the_packets_sent_between_two_pods() {
     );
     assert_eq!(
         counter(&rows, 2, Direction::Egress, Reason::Forwarded).packets,
-        5
+        5,
+        "b sent: {rows:?}"
     );
     assert_eq!(
         counter(&rows, 1, Direction::Ingress, Reason::Forwarded).packets,
-        5
+        5,
+        "a received: {rows:?}"
     );
 }
 

@@ -677,3 +677,42 @@ fn other_ip_protocols_need_an_all_protocol_peer() {
         );
     }
 }
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn icmp_errors_about_tracked_flows_pass_for_path_mtu_discovery() {
+    let fx = fixture();
+    let router = [2, 0x67, 0, 0, 9, 9];
+    for f in FAMILIES {
+        for p in PROTOS {
+            // red-a → world is allowed; a router on the way answers "too big".
+            let out = fx.packet(fx.ip("a1", f), fx.mac("a1"), world(f), p, port(f, p, 20));
+            let error = packet::icmp_error(router, fx.mac("a1"), world(f), fx.ip("a1", f), &out);
+            assert_eq!(
+                fx.probe()
+                    .verdict(fx.ifindex("a1"), Direction::Ingress, &error)
+                    .unwrap(),
+                Reason::ExternalIngress,
+                "{f:?} {p:?} error before the flow exists"
+            );
+            assert_eq!(fx.egress("a1", &out), Reason::Forwarded);
+            assert_eq!(
+                fx.probe()
+                    .verdict(fx.ifindex("a1"), Direction::Ingress, &error)
+                    .unwrap(),
+                Reason::Forwarded,
+                "{f:?} {p:?} error about the tracked flow"
+            );
+            // An error quoting a flow that was never allowed stays dropped.
+            let other = fx.packet(fx.ip("a1", f), fx.mac("a1"), world(f), p, port(f, p, 21));
+            let forged = packet::icmp_error(router, fx.mac("a1"), world(f), fx.ip("a1", f), &other);
+            assert_eq!(
+                fx.probe()
+                    .verdict(fx.ifindex("a1"), Direction::Ingress, &forged)
+                    .unwrap(),
+                Reason::ExternalIngress,
+                "{f:?} {p:?} forged error"
+            );
+        }
+    }
+}

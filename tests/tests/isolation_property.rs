@@ -65,6 +65,8 @@ struct PacketChoice {
     reply_of: usize,
     /// Remove one policy entry and bump the epoch before this packet.
     tighten: bool,
+    /// Send an ICMP error about the packet this many steps back instead (0 = none).
+    error_of: usize,
 }
 
 fn setup_strategy() -> impl Strategy<Value = Setup> {
@@ -102,12 +104,13 @@ fn packet_strategy() -> impl Strategy<Value = PacketChoice> {
             prop::bool::weighted(0.1),
             prop::sample::select(vec![0usize, 0, 0, 1, 2, 3]),
             prop::bool::weighted(0.05),
+            prop::sample::select(vec![0usize, 0, 0, 0, 0, 1, 2]),
         ),
     )
         .prop_map(
             |(
                 (endpoint, egress, v6, peer_kind, peer_index, kind, port),
-                (sport, flags, fragment, wrong_mac, spoof_source, reply_of, tighten),
+                (sport, flags, fragment, wrong_mac, spoof_source, reply_of, tighten, error_of),
             )| PacketChoice {
                 endpoint,
                 egress,
@@ -123,6 +126,7 @@ fn packet_strategy() -> impl Strategy<Value = PacketChoice> {
                 spoof_source,
                 reply_of,
                 tighten,
+                error_of,
             },
         )
 }
@@ -429,7 +433,47 @@ fn meta_of(p: &Packet) -> PacketMeta {
         icmp_type,
         fragment: p.fragment != Fragment::None,
         is_v6: p.src.is_ipv6(),
+        quoted: None,
     })
+}
+
+/// An ICMP error about `quoted` travelling back to its sender, and the reference's view of it;
+/// `None` for packets the programs cannot quote (fragments, protocols without ports or echo).
+fn error_about(quoted: &Packet, src_mac: [u8; 6]) -> Option<(Vec<u8>, PacketMeta)> {
+    if quoted.fragment != Fragment::None {
+        return None;
+    }
+    let (sport, dport, protocol) = match quoted.l4 {
+        L4::Tcp { sport, dport, .. } => (sport, dport, 6),
+        L4::Udp { sport, dport } => (sport, dport, 17),
+        L4::Icmp {
+            icmp_type: 0 | 8 | 128 | 129,
+            id,
+        } => (id, id, if quoted.src.is_ipv6() { 58 } else { 1 }),
+        _ => return None,
+    };
+    let v6 = quoted.src.is_ipv6();
+    let frame = packet::icmp_error(src_mac, quoted.src_mac, quoted.dst, quoted.src, quoted);
+    let meta = PacketMeta::Ip(IpMeta {
+        eth_src: src_mac,
+        src: addr16(quoted.dst),
+        dst: addr16(quoted.src),
+        protocol: if v6 { 58 } else { 1 },
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: if v6 { 2 } else { 3 },
+        fragment: false,
+        is_v6: v6,
+        quoted: Some((
+            addr16(quoted.src),
+            addr16(quoted.dst),
+            sport,
+            dport,
+            protocol,
+        )),
+    });
+    Some((frame, meta))
 }
 
 #[test]
@@ -492,7 +536,14 @@ fn kernel_and_reference_model_agree_on_every_packet() {
                 } else {
                     Direction::Ingress
                 };
-                let (frame, meta) = if choice.reply_of > 0 && choice.reply_of <= sent.len() {
+                let error = (choice.error_of > 0 && choice.error_of <= sent.len())
+                    .then(|| {
+                        error_about(&sent[sent.len() - choice.error_of], [2, 0x67, 0, 0, 9, 9])
+                    })
+                    .flatten();
+                let (frame, meta) = if let Some(error) = error {
+                    error
+                } else if choice.reply_of > 0 && choice.reply_of <= sent.len() {
                     let reply = sent[sent.len() - choice.reply_of].reply();
                     (reply.frame(), meta_of(&reply))
                 } else {
