@@ -489,3 +489,51 @@ fn agent_cleanup_removes_everything_genie_put_on_the_node() {
         "links remain:\n{text}"
     );
 }
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn registrations_that_cannot_be_granted_are_refused_and_change_nothing() {
+    let node = six_pods();
+    let before = node.call(&Request::Status).unwrap().status.unwrap();
+    let ra1 = node.topo.pod("ra1");
+    let refused =
+        |mut request: genie_agent::endpoint::EndpointRequest, field: &str, needle: &str| {
+            request.pod = "late".to_owned();
+            let err = node
+                .call(&Request::AddEndpoint { endpoint: request })
+                .unwrap_err();
+            let genie_agent::api::ClientError::Refused(e) = err else {
+                panic!("not a refusal: {err}")
+            };
+            assert_eq!(e.code, "refused");
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        };
+    // The interface already carries an endpoint.
+    let mut same_interface = node.endpoint_request(ra1, "red", "red-a");
+    same_interface.ips = vec!["198.18.1.99".parse().unwrap()];
+    refused(same_interface, "hostInterface", "already the endpoint");
+    // Another tenant's network, and a network that does not exist.
+    refused(
+        node.endpoint_request(ra1, "red", "blue-a"),
+        "network",
+        "belongs to tenant \"blue\"",
+    );
+    refused(
+        node.endpoint_request(ra1, "red", "nowhere"),
+        "network",
+        "does not exist",
+    );
+    // An address another endpoint owns.
+    refused(
+        node.endpoint_request(node.topo.pod("ra2"), "red", "red-a"),
+        "ips",
+        "already belongs",
+    );
+    let after = node.call(&Request::Status).unwrap().status.unwrap();
+    assert_eq!(
+        (after.endpoints, after.policy_epoch),
+        (before.endpoints, before.policy_epoch),
+        "nothing changed"
+    );
+}

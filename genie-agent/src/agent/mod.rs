@@ -292,6 +292,23 @@ impl Agent {
             }
         }
         let ifindex = crate::dataplane::interface_index(&request.netns, &request.host_interface)?;
+        // Endpoint records are keyed by interface index, which is unique only within one
+        // network namespace (README, "Known limitations").
+        if let Some(other) = self.registry.all().find(|e| e.ifindex == ifindex) {
+            return Err(AgentError::refused(
+                "hostInterface",
+                format!(
+                    "interface index {ifindex} ({} in {}) is already the endpoint of {}/{} {} ({} in {}); all endpoint interfaces of a node must live in one network namespace",
+                    request.host_interface,
+                    request.netns.display(),
+                    other.request.namespace,
+                    other.request.pod,
+                    other.request.interface,
+                    other.request.host_interface,
+                    other.request.netns.display()
+                ),
+            ));
+        }
         let endpoint = Endpoint {
             id: self.registry.next_id(),
             request,
