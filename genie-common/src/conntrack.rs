@@ -43,7 +43,8 @@ pub fn flow_key(
             port_lo,
             port_hi,
             protocol,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         },
         src_is_lo,
     )

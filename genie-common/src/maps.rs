@@ -124,13 +124,17 @@ pub const fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
 impl IpAddr16 {
     /// The IPv4-mapped form of an IPv4 address given as network-order bytes.
     pub const fn from_v4(octets: [u8; 4]) -> Self {
-        let mut addr = [0u8; 16];
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12] = octets[0];
-        addr[13] = octets[1];
-        addr[14] = octets[2];
-        addr[15] = octets[3];
+        let words: [u32; 4] = [
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            u32::from_ne_bytes(octets),
+        ];
+        // Built from words, the BPF backend stores four words instead of calling `memset` for
+        // the zero prefix.
+        // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size and every bit pattern is a
+        // valid byte array.
+        let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
         Self { addr }
     }
 
@@ -285,7 +289,10 @@ pub struct CtKey {
     pub port_lo: u16,
     pub port_hi: u16,
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    /// Padding as a byte and a half-word rather than `[u8; 3]`: the BPF backend zeroes an
+    /// odd-sized array with a `memset` call, and this key is built for every packet.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
