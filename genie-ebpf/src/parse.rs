@@ -1,6 +1,7 @@
-//! Header parsing. Everything is read with `bpf_skb_load_bytes` (`TcContext::load`), which
-//! also reaches non-linear parts of GSO packets and keeps the verifier happy with the variable
-//! offsets of IPv4 options and IPv6 extension headers.
+//! Header parsing with direct packet access: headers are read in place, bounds-checked
+//! against `data_end`, which costs far less per packet than copying them out with
+//! `bpf_skb_load_bytes`. Headers that are not in the linear part of the buffer (some GSO
+//! packets) are pulled in first.
 
 use aya_ebpf::programs::TcContext;
 use genie_common::{maps::IpAddr16, policy::proto};
@@ -64,10 +65,48 @@ pub struct Quoted {
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 
+/// Bytes every decision may need: Ethernet, an IPv6 header with a few extension headers, and
+/// the transport ports or an ICMP error's quote.
+const LINEAR_WANTED: u32 = 192;
+
+/// The packet's start and end, read from the context where they are used: LLVM would
+/// otherwise hoist the loads into callers and pass them as (zero-extended) arguments, and the
+/// verifier rejects any arithmetic on the end pointer.
+#[inline(always)]
+fn packet_bounds(ctx: &TcContext) -> (usize, usize) {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the context the kernel passed in; `data` and `data_end` are readable in
+    // TC programs. Volatile keeps each read in this function.
+    unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*skb).data) as usize,
+            core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+        )
+    }
+}
+
+/// `N` bytes of the packet at `offset`, in place, or `None` past its end.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<&[u8; N]> {
+    let (start, end) = packet_bounds(ctx);
+    if start + offset + N > end {
+        return None;
+    }
+    // SAFETY: the verifier-checked range [start + offset, start + offset + N) lies inside the
+    // packet; the reference lives only while this program run does.
+    Some(unsafe { &*((start + offset) as *const [u8; N]) })
+}
+
 /// Parses the frame: IP packets into `ip`, ARP into `arp`. Returns one of the `KIND_*`.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
-    let Ok(eth) = ctx.load::<[u8; ETH_HLEN]>(0) else {
+    let wanted = ctx.len().min(LINEAR_WANTED);
+    let (start, end) = packet_bounds(ctx);
+    if start + wanted as usize > end {
+        // Best effort: what stays out of reach is reported as malformed below.
+        let _ = ctx.pull_data(wanted);
+    }
+    let Some(eth) = bytes::<ETH_HLEN>(ctx, 0) else {
         return KIND_MALFORMED;
     };
     let mut eth_src = [0u8; 6];
@@ -106,7 +145,7 @@ pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
 
 #[inline(always)]
 fn parse_arp(ctx: &TcContext, eth_src: [u8; 6], out: &mut Arp) -> Result<(), ()> {
-    let arp: [u8; 28] = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    let arp = bytes::<28>(ctx, ETH_HLEN).ok_or(())?;
     // Ethernet/IPv4 ARP only (RFC 826): hardware type 1, protocol 0x0800, lengths 6 and 4.
     if arp[0..2] != [0, 1] || arp[2..4] != [0x08, 0x00] || arp[4] != 6 || arp[5] != 4 {
         return Err(());
@@ -127,7 +166,7 @@ const MALFORMED: i32 = -1;
 // program's deepest frame within the 512-byte BPF stack.
 #[inline(never)]
 fn parse_ipv4(ctx: &TcContext, ip: &mut Ip) -> i32 {
-    let Ok(h) = ctx.load::<[u8; 20]>(ETH_HLEN) else {
+    let Some(h) = bytes::<20>(ctx, ETH_HLEN) else {
         return MALFORMED;
     };
     let ihl = (h[0] & 0x0f) as usize;
@@ -149,18 +188,14 @@ fn parse_ipv4(ctx: &TcContext, ip: &mut Ip) -> i32 {
 
 #[inline(never)]
 fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
-    let Ok(h) = ctx.load::<[u8; 40]>(ETH_HLEN) else {
+    let Some(h) = bytes::<40>(ctx, ETH_HLEN) else {
         return MALFORMED;
     };
     if h[0] >> 4 != 6 {
         return MALFORMED;
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&h[24..40]);
-    ip.src = IpAddr16::from_v6(src);
-    ip.dst = IpAddr16::from_v6(dst);
+    ip.src = v6_at(h, 8);
+    ip.dst = v6_at(h, 24);
     ip.is_v6 = 1;
     let mut next = h[6];
     let mut offset = ETH_HLEN + 40;
@@ -168,7 +203,7 @@ fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, minus one.
             0 | 43 | 60 => {
-                let Ok(ext) = ctx.load::<[u8; 2]>(offset) else {
+                let Some(ext) = bytes::<2>(ctx, offset & 0x3ff) else {
                     return MALFORMED;
                 };
                 next = ext[0];
@@ -176,7 +211,7 @@ fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
             }
             // Authentication header: length in 4-octet units, minus two (RFC 4302).
             51 => {
-                let Ok(ext) = ctx.load::<[u8; 2]>(offset) else {
+                let Some(ext) = bytes::<2>(ctx, offset & 0x3ff) else {
                     return MALFORMED;
                 };
                 next = ext[0];
@@ -197,14 +232,14 @@ fn parse_ipv6(ctx: &TcContext, ip: &mut Ip) -> i32 {
     if matches!(next, 0 | 43 | 60 | 51) {
         return MALFORMED;
     }
-    parse_l4(ctx, offset & 0xffff, ip)
+    parse_l4(ctx, offset & 0x3ff, ip)
 }
 
 #[inline(never)]
 fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
     match ip.protocol {
         proto::TCP => {
-            let Ok(t) = ctx.load::<[u8; 14]>(offset) else {
+            let Some(t) = bytes::<14>(ctx, offset & 0x3ff) else {
                 return MALFORMED;
             };
             ip.sport = u16::from_be_bytes([t[0], t[1]]);
@@ -212,14 +247,14 @@ fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
             ip.tcp_flags = t[13];
         }
         proto::UDP | proto::SCTP => {
-            let Ok(u) = ctx.load::<[u8; 4]>(offset) else {
+            let Some(u) = bytes::<4>(ctx, offset & 0x3ff) else {
                 return MALFORMED;
             };
             ip.sport = u16::from_be_bytes([u[0], u[1]]);
             ip.dport = u16::from_be_bytes([u[2], u[3]]);
         }
         proto::ICMP | proto::ICMPV6 => {
-            let Ok(c) = ctx.load::<[u8; 8]>(offset) else {
+            let Some(c) = bytes::<8>(ctx, offset & 0x3ff) else {
                 return MALFORMED;
             };
             ip.icmp_type = c[0];
@@ -236,6 +271,20 @@ fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
         _ => {}
     }
     OK
+}
+
+/// The IPv6 address at `at` of a header, read as four words.
+#[inline(always)]
+fn v6_at<const N: usize>(h: &[u8; N], at: usize) -> IpAddr16 {
+    let mut out = IpAddr16::default();
+    let src = h[at..at + 16].as_ptr().cast::<u32>();
+    let dst = out.addr.as_mut_ptr().cast::<u32>();
+    for i in 0..4 {
+        // SAFETY: 16 readable bytes at `at` (the slice above is bounds-checked) and 16
+        // writable bytes in `out`; unaligned accesses need no alignment.
+        unsafe { dst.add(i).write_unaligned(src.add(i).read_unaligned()) };
+    }
+    out
 }
 
 /// ICMP errors that quote the packet they are about: destination unreachable (with
@@ -255,7 +304,7 @@ fn is_error(protocol: u8, icmp_type: u8) -> bool {
 fn parse_quoted(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
     let q = &mut ip.quoted;
     let l4_offset = if ip.is_v6 == 0 {
-        let Ok(h) = ctx.load::<[u8; 20]>(offset) else {
+        let Some(h) = bytes::<20>(ctx, offset & 0x3ff) else {
             return MALFORMED;
         };
         let ihl = (h[0] & 0x0f) as usize;
@@ -267,24 +316,20 @@ fn parse_quoted(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
         q.protocol = h[9];
         offset + ihl * 4
     } else {
-        let Ok(h) = ctx.load::<[u8; 40]>(offset) else {
+        let Some(h) = bytes::<40>(ctx, offset & 0x3ff) else {
             return MALFORMED;
         };
         if h[0] >> 4 != 6 {
             return MALFORMED;
         }
-        let mut src = [0u8; 16];
-        src.copy_from_slice(&h[8..24]);
-        let mut dst = [0u8; 16];
-        dst.copy_from_slice(&h[24..40]);
-        q.src = IpAddr16::from_v6(src);
-        q.dst = IpAddr16::from_v6(dst);
+        q.src = v6_at(h, 8);
+        q.dst = v6_at(h, 24);
         // Extension headers in a quoted packet are not followed: such errors are then not
         // recognised as related and are decided as ordinary ICMP.
         q.protocol = h[6];
         offset + 40
     };
-    let Ok(t) = ctx.load::<[u8; 8]>(l4_offset & 0xffff) else {
+    let Some(t) = bytes::<8>(ctx, l4_offset & 0x3ff) else {
         return MALFORMED;
     };
     match q.protocol {

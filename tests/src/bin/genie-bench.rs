@@ -43,18 +43,40 @@ fn main() -> Result<()> {
     }
 }
 
-/// Runs `frame` `repeat` times in one `BPF_PROG_TEST_RUN` and returns the kernel's mean time
-/// per run.
+/// How many times each loop is measured in a row; the median is kept.
+const ROUNDS: usize = 3;
+/// How many round-robin passes over all sizes; the median is reported.
+const SIZE_ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Keeps the measuring thread on one CPU, so a run is not split across two caches.
+fn pin_to_one_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(0).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// Runs `frame` `repeat` times in one `BPF_PROG_TEST_RUN`, [`ROUNDS`] times, and returns the
+/// median of the kernel's mean time per run.
 fn loop_ns(program: &SchedClassifier, ctx: &[u8], frame: &[u8], repeat: u32) -> Result<f64> {
     let mut out = vec![0u8; frame.len() + 256];
-    let result = program.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(ctx),
-        repeat,
-        ..TestRunOptions::new()
-    })?;
-    Ok(result.duration.as_nanos() as f64)
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(ctx),
+            repeat,
+            ..TestRunOptions::new()
+        })?;
+        rounds.push(result.duration.as_nanos() as f64);
+    }
+    Ok(median(rounds))
 }
 
 /// Runs each frame once and returns the mean of the kernel's per-run times.
@@ -237,54 +259,74 @@ fn datapath() -> Result<()> {
         .frame()
     };
 
-    eprintln!("measuring: pass-through baseline");
-    let (pass_loop, pass_single) = netns::run_in(&netns_path, || -> Result<(f64, f64)> {
-        let frame = flow(peer_ip(), 1, tcp::ACK);
-        let looped = loop_ns(pass, &ctx, &frame, REPEAT)?;
-        let single = single_runs_ns(
-            pass,
-            &ctx,
-            (0..NEW_FLOWS).map(|i| flow(peer_ip(), (i % 60000) as u16 + 1024, tcp::SYN)),
-        )?;
-        Ok((looped, single))
-    })??;
-
-    let mut rows = Vec::new();
-    for (endpoints, policy) in [(10, 10), (10, 65_536), (100_000, 10), (100_000, 65_536)] {
-        eprintln!("measuring: {endpoints} endpoints, {policy} policy entries");
-        let desired = state(endpoints, policy, ifindex, pod_mac, pod_ip);
-        maps.apply(&desired)?;
-        let keys: Vec<_> = maps.conntrack.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = maps.conntrack.remove(&key);
-        }
-        let row = netns::run_in(&netns_path, || -> Result<Row> {
-            // New flows to the allowed peer: each source port once.
-            let new_allowed = single_runs_ns(
-                genie,
+    let sizes = [(10, 10), (10, 65_536), (100_000, 10), (100_000, 65_536)];
+    let mut pass_loops = Vec::new();
+    let mut pass_singles = Vec::new();
+    let mut samples: Vec<Vec<Row>> = sizes.iter().map(|_| Vec::new()).collect();
+    // Sizes are measured round-robin and each figure is the median over the rounds: a VM's
+    // neighbours shift single measurements by tens of percent.
+    for round in 1..=SIZE_ROUNDS {
+        eprintln!("round {round}/{SIZE_ROUNDS}: pass-through baseline");
+        let (looped, single) = netns::run_in(&netns_path, || -> Result<(f64, f64)> {
+            pin_to_one_cpu();
+            let frame = flow(peer_ip(), 1, tcp::ACK);
+            let looped = loop_ns(pass, &ctx, &frame, REPEAT)?;
+            let single = single_runs_ns(
+                pass,
                 &ctx,
-                (0..NEW_FLOWS).map(|i| {
-                    // Every (peer address, source port) pair once: all flows are new.
-                    let sport = (i % 60_000) as u16 + 1024;
-                    flow(peer_ip_n(i / 60_000), sport, tcp::SYN)
-                }),
+                (0..NEW_FLOWS).map(|i| flow(peer_ip(), (i % 60000) as u16 + 1024, tcp::SYN)),
             )?;
-            // An established flow: the first run creates the entry, the loop hits it.
-            let established_frame = flow(peer_ip(), 65_000, tcp::ACK);
-            loop_ns(genie, &ctx, &flow(peer_ip(), 65_000, tcp::SYN), 1)?;
-            let established = loop_ns(genie, &ctx, &established_frame, REPEAT)?;
-            // A denied new flow: never tracked, so every run decides it again.
-            let denied = loop_ns(genie, &ctx, &flow(stranger_ip(), 65_001, tcp::SYN), REPEAT)?;
-            Ok(Row {
-                endpoints,
-                policy,
-                new_allowed,
-                established,
-                denied,
-            })
+            Ok((looped, single))
         })??;
-        rows.push(row);
+        pass_loops.push(looped);
+        pass_singles.push(single);
+        for (slot, &(endpoints, policy)) in samples.iter_mut().zip(&sizes) {
+            eprintln!(
+                "round {round}/{SIZE_ROUNDS}: {endpoints} endpoints, {policy} policy entries"
+            );
+            let desired = state(endpoints, policy, ifindex, pod_mac, pod_ip);
+            maps.apply(&desired)?;
+            let keys: Vec<_> = maps.conntrack.keys().filter_map(Result::ok).collect();
+            for key in keys {
+                let _ = maps.conntrack.remove(&key);
+            }
+            let row = netns::run_in(&netns_path, || -> Result<Row> {
+                pin_to_one_cpu();
+                // New flows to the allowed peer: every (peer address, source port) pair once.
+                let new_allowed = single_runs_ns(
+                    genie,
+                    &ctx,
+                    (0..NEW_FLOWS)
+                        .map(|i| flow(peer_ip_n(i / 60_000), (i % 60_000) as u16 + 1024, tcp::SYN)),
+                )?;
+                // An established flow: the first run creates the entry, the loop hits it.
+                loop_ns(genie, &ctx, &flow(peer_ip(), 65_000, tcp::SYN), 1)?;
+                let established = loop_ns(genie, &ctx, &flow(peer_ip(), 65_000, tcp::ACK), REPEAT)?;
+                // A denied new flow: never tracked, so every run decides it again.
+                let denied = loop_ns(genie, &ctx, &flow(stranger_ip(), 65_001, tcp::SYN), REPEAT)?;
+                Ok(Row {
+                    endpoints,
+                    policy,
+                    new_allowed,
+                    established,
+                    denied,
+                })
+            })??;
+            slot.push(row);
+        }
     }
+    let pass_loop = median(pass_loops);
+    let pass_single = median(pass_singles);
+    let rows: Vec<Row> = samples
+        .into_iter()
+        .map(|rounds| Row {
+            endpoints: rounds[0].endpoints,
+            policy: rounds[0].policy,
+            new_allowed: median(rounds.iter().map(|r| r.new_allowed).collect()),
+            established: median(rounds.iter().map(|r| r.established).collect()),
+            denied: median(rounds.iter().map(|r| r.denied).collect()),
+        })
+        .collect();
 
     println!("\n## cargo xtask bench datapath\n");
     println!(
@@ -294,7 +336,10 @@ fn datapath() -> Result<()> {
         "next to a pass-through program in the same run: {pass_loop:.1} ns per run in a loop of {REPEAT}"
     );
     println!(
-        "repetitions, {pass_single:.1} ns per single run (the new-flow case runs each of {NEW_FLOWS} distinct flows once).\n"
+        "repetitions, {pass_single:.1} ns per single run (the new-flow case runs each of {NEW_FLOWS} distinct flows"
+    );
+    println!(
+        "once). Medians over {SIZE_ROUNDS} round-robin passes over the sizes, on one pinned CPU.\n"
     );
     println!(
         "| endpoints | policy entries | new allowed (ns) | established (ns) | denied (ns) | new ÷ pass (single) | established ÷ pass (loop) | denied ÷ pass (loop) |"
