@@ -3,4 +3,5 @@
 //! attaches genie's programs before ADD returns.
 
 pub mod annotations;
+pub mod delegate;
 pub mod spec;

@@ -30,6 +30,8 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CniError {
+    /// Debian's plugins omit it in some errors.
+    #[serde(default)]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,
