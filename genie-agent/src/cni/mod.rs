@@ -3,5 +3,6 @@
 //! attaches genie's programs before ADD returns.
 
 pub mod annotations;
+pub mod cache;
 pub mod delegate;
 pub mod spec;

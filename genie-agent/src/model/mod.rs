@@ -124,9 +124,22 @@ pub struct PhysicalNetwork {
     pub file: PathBuf,
 }
 
+/// A `kind: Pod` manifest from the configuration directory (file mode).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PodManifest {
+    pub namespace: String,
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+    /// The attachments its annotations ask for (syntax checked at load).
+    pub attachments: Vec<crate::cni::annotations::Attachment>,
+    pub file: PathBuf,
+}
+
 /// Everything genie enforces, validated as a whole.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Model {
+    /// Pod manifests by (namespace, name) (file mode).
+    pub pods: BTreeMap<(String, String), PodManifest>,
     pub physical: BTreeMap<String, PhysicalNetwork>,
     pub logical: BTreeMap<String, LogicalNetwork>,
     pub tenants: BTreeMap<String, Tenant>,
@@ -245,8 +258,8 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Model, ModelError> 
     validate(raws)
 }
 
-/// Kinds genie reads from the directory. `Pod` manifests belong to the CNI handler (file
-/// mode) and are accepted here without further checks.
+/// Kinds genie reads from the directory. `Pod` manifests tell the CNI handler, in file mode,
+/// which networks a pod asks for (its annotations).
 const KINDS: [&str; 4] = ["PhysicalNetwork", "LogicalNetwork", "Tenant", "Pod"];
 
 fn raw_object(file: &Path, value: serde_yaml::Value) -> Result<Option<RawObject>, ConfigError> {
@@ -276,7 +289,13 @@ fn raw_object(file: &Path, value: serde_yaml::Value) -> Result<Option<RawObject>
         ));
     }
     if kind == "Pod" {
-        return Ok(None);
+        // A Kubernetes manifest (apiVersion v1): only its metadata matters to genie.
+        return Ok(Some(RawObject {
+            file: file.to_owned(),
+            kind,
+            meta,
+            spec: serde_yaml::Value::Null,
+        }));
     }
     let api_version = str_field("apiVersion").unwrap_or_default();
     if api_version != API_VERSION {
@@ -347,6 +366,7 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
     let mut physical_specs = Vec::new();
     let mut logical_specs = Vec::new();
     let mut tenant_specs = Vec::new();
+    let mut pod_raws = Vec::new();
     for raw in raws {
         let err = |field: &str, message: String| ConfigError {
             file: raw.file.clone(),
@@ -377,11 +397,40 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                 Ok(spec) => tenant_specs.push((raw, spec)),
                 Err(e) => errors.push(e),
             },
+            "Pod" => pod_raws.push(raw),
             _ => {}
         }
     }
 
     let mut model = Model::default();
+    for raw in pod_raws {
+        let namespace = raw
+            .meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        match crate::cni::annotations::attachments(&raw.meta.annotations, &namespace) {
+            Ok(attachments) => {
+                model.pods.insert(
+                    (namespace.clone(), raw.meta.name.clone()),
+                    PodManifest {
+                        namespace,
+                        name: raw.meta.name.clone(),
+                        annotations: raw.meta.annotations.clone(),
+                        attachments,
+                        file: raw.file.clone(),
+                    },
+                );
+            }
+            Err(e) => errors.push(ConfigError {
+                file: raw.file.clone(),
+                kind: raw.kind.clone(),
+                name: raw.meta.name.clone(),
+                field: format!("metadata.annotations[{:?}]", e.annotation),
+                message: e.message,
+            }),
+        }
+    }
     for (raw, spec) in physical_specs {
         model.physical.insert(
             raw.meta.name.clone(),

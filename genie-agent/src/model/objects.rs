@@ -15,6 +15,9 @@ pub const API_VERSION: &str = "genie.dev/v1alpha1";
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
+    /// Only for namespaced kinds (`Pod` manifests in file mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

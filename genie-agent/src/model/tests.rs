@@ -226,12 +226,43 @@ fn broken_yaml_names_the_file() {
 }
 
 #[test]
-fn pod_manifests_are_accepted_in_the_directory() {
-    let model = load(&format!(
-        "{VALID}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: red}}\n"
+fn pod_manifests_give_their_attachments() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: red\n  annotations: {genie.dev/networks: \"red-data@eth1, red-db\"}\n";
+    let model = load(&format!("{VALID}---\n{pod}")).unwrap();
+    let manifest = &model.pods[&("red".to_owned(), "web".to_owned())];
+    let names: Vec<(&str, &str)> = manifest
+        .attachments
+        .iter()
+        .map(|a| (a.network.as_str(), a.interface.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("default", "eth0"),
+            ("red-data", "eth1"),
+            ("red-db", "eth2")
+        ]
+    );
+    // A pod without annotations gets the default network only; its namespace defaults.
+    let plain = load(&format!(
+        "{VALID}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: plain}}\n"
     ))
     .unwrap();
-    assert_eq!(model.tenants.len(), 2);
+    assert_eq!(
+        plain.pods[&("default".to_owned(), "plain".to_owned())]
+            .attachments
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_bad_pod_annotation_names_the_annotation() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: red\n  annotations: {genie.dev/networks: \"a@eth1, b@eth1\"}\n";
+    let e = one_error(pod);
+    assert_eq!((e.kind.as_str(), e.name.as_str()), ("Pod", "web"));
+    assert_eq!(e.field, "metadata.annotations[\"genie.dev/networks\"]");
+    assert!(e.message.contains("named twice"), "{e}");
 }
 
 #[test]

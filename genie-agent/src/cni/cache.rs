@@ -1,0 +1,206 @@
+//! The node's record of every container's attachments, written crash-safely before ADD
+//! returns, so DEL works without the pod object or the API server and releases exactly what
+//! ADD took (REFERENCE.md: Multus leaks IPs when this cache is lost or corrupt).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::spec::valid_identifier;
+use crate::endpoint::write_atomically;
+
+/// One interface of a container, as ADD created it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedAttachment {
+    /// Logical network, or `default`.
+    pub network: String,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// The delegate plugin binary.
+    pub plugin: PathBuf,
+    /// The configuration the delegate got (with its negotiated version).
+    pub config: Value,
+    /// The delegate's ADD result (DEL's `prevResult`).
+    pub result: Value,
+    /// The genie endpoint registered for the interface, once registered.
+    #[serde(default)]
+    pub endpoint: Option<u32>,
+}
+
+/// Everything ADD did for one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedContainer {
+    pub container_id: String,
+    pub namespace: String,
+    pub pod: String,
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// In the order ADD created them; DEL goes in reverse.
+    pub attachments: Vec<CachedAttachment>,
+}
+
+/// Errors of the attachment cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("container id {0:?} is not valid")]
+    BadId(String),
+    #[error("attachment cache {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("attachment cache {path} is unreadable: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// The cache directory (one JSON file per container).
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// Opens (creating) the cache in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CacheError> {
+        fs::create_dir_all(dir).map_err(|source| CacheError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, container_id: &str) -> Result<PathBuf, CacheError> {
+        // Container ids become file names: only the spec's identifier characters, never a path.
+        if !valid_identifier(container_id) {
+            return Err(CacheError::BadId(container_id.to_owned()));
+        }
+        Ok(self.dir.join(format!("{container_id}.json")))
+    }
+
+    /// The record of a container, if ADD left one.
+    pub fn load(&self, container_id: &str) -> Result<Option<CachedContainer>, CacheError> {
+        let path = self.path(container_id)?;
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| CacheError::Corrupt { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CacheError::Io { path, source }),
+        }
+    }
+
+    /// Writes a container's record (temporary file, fsync, rename, fsync the directory).
+    pub fn store(&self, container: &CachedContainer) -> Result<(), CacheError> {
+        let path = self.path(&container.container_id)?;
+        let bytes = serde_json::to_vec_pretty(container).map_err(|e| CacheError::Io {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        write_atomically(&path, &bytes).map_err(|source| CacheError::Io { path, source })
+    }
+
+    /// Forgets a container; forgetting an unknown one succeeds.
+    pub fn remove(&self, container_id: &str) -> Result<(), CacheError> {
+        let path = self.path(container_id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CacheError::Io { path, source }),
+        }
+    }
+
+    /// The ids of every cached container (for GC).
+    pub fn container_ids(&self) -> Result<Vec<String>, CacheError> {
+        let mut ids: Vec<String> = fs::read_dir(&self.dir)
+            .map_err(|source| CacheError::Io {
+                path: self.dir.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
+            .filter(|id| valid_identifier(id))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn container(id: &str) -> CachedContainer {
+        CachedContainer {
+            container_id: id.to_owned(),
+            namespace: "red".to_owned(),
+            pod: "web-1".to_owned(),
+            netns: Some(PathBuf::from("/run/netns/x")),
+            attachments: vec![CachedAttachment {
+                network: "red-web".to_owned(),
+                ifname: "eth1".to_owned(),
+                plugin: PathBuf::from("/usr/lib/cni/bridge"),
+                config: json!({"type": "bridge"}),
+                result: json!({"cniVersion": "1.0.0"}),
+                endpoint: Some(3),
+            }],
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("genie-cache-test-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn records_round_trip_and_removal_is_idempotent() {
+        let dir = temp_dir("rt");
+        let cache = Cache::open(&dir).unwrap();
+        assert_eq!(cache.load("abc").unwrap(), None);
+        cache.store(&container("abc")).unwrap();
+        cache.store(&container("def")).unwrap();
+        assert_eq!(cache.load("abc").unwrap(), Some(container("abc")));
+        assert_eq!(
+            cache.container_ids().unwrap(),
+            vec!["abc".to_owned(), "def".to_owned()]
+        );
+        cache.remove("abc").unwrap();
+        cache.remove("abc").unwrap();
+        assert_eq!(cache.container_ids().unwrap(), vec!["def".to_owned()]);
+        assert!(
+            !dir.join("abc.json").exists() && !dir.join("def.tmp").exists(),
+            "no temporary file stays"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_that_could_escape_the_directory_are_refused() {
+        let dir = temp_dir("ids");
+        let cache = Cache::open(&dir).unwrap();
+        for bad in ["../etc/passwd", "", "-x", "a/b"] {
+            assert!(
+                matches!(cache.load(bad), Err(CacheError::BadId(_))),
+                "{bad}"
+            );
+        }
+        fs::write(dir.join("broken.json"), b"{not json").unwrap();
+        assert!(matches!(
+            cache.load("broken"),
+            Err(CacheError::Corrupt { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
