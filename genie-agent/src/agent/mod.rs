@@ -18,7 +18,7 @@ use crate::{
     dataplane::{ApplyStats, Dataplane, DataplaneError, PinnedMaps},
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
     model::{self, Model, ModelError, check_name},
-    reconcile::{NodeInfo, desired_state},
+    reconcile::{DesiredState, NodeInfo, desired_state},
 };
 
 /// How the agent runs on this node.
@@ -92,6 +92,10 @@ pub struct Agent {
     model: Option<Model>,
     config_error: Option<String>,
     reconciles: u64,
+    /// What the last reconcile wrote (`None`: read the maps next time).
+    applied: Option<DesiredState>,
+    /// The node's addresses as last read (`None`: read them next time).
+    node: Option<NodeInfo>,
 }
 
 impl Agent {
@@ -114,6 +118,8 @@ impl Agent {
             model: None,
             config_error: None,
             reconciles: 0,
+            applied: None,
+            node: None,
         };
         agent.readopt_endpoints()?;
         agent.reload_config();
@@ -160,7 +166,7 @@ impl Agent {
             Ok(model) => {
                 self.config_error = None;
                 self.model = Some(model);
-                match self.reconcile() {
+                match self.resync() {
                     Ok(stats) => stats.written + stats.deleted > 0,
                     Err(e) => {
                         warn!(error = %e, "reconcile failed");
@@ -179,7 +185,8 @@ impl Agent {
         }
     }
 
-    /// Writes the desired state into the maps (only the difference).
+    /// Writes the desired state into the maps: only the difference from what the last
+    /// reconcile wrote, with the node's addresses as last read.
     pub fn reconcile(&mut self) -> Result<ApplyStats, AgentError> {
         let Some(model) = &self.model else {
             return Err(AgentError::NotReady(
@@ -187,16 +194,27 @@ impl Agent {
             ));
         };
         let started = Instant::now();
-        let node = NodeInfo {
-            host_addresses: node::node_addresses(&self.config.netns)?,
-            host_cidrs: self.config.host_cidrs.clone(),
-            dns_addresses: self.config.dns.clone(),
+        let node = match &self.node {
+            Some(node) => node.clone(),
+            None => {
+                let node = NodeInfo {
+                    host_addresses: node::node_addresses(&self.config.netns)?,
+                    host_cidrs: self.config.host_cidrs.clone(),
+                    dns_addresses: self.config.dns.clone(),
+                };
+                self.node = Some(node.clone());
+                node
+            }
         };
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
         let desired = desired_state(model, &endpoints, &node);
-        let stats = self.maps.apply(&desired)?;
-        let registry = &self.registry;
-        self.maps.prune_counters(&|id| registry.get(id).is_some())?;
+        let current = match self.applied.take() {
+            Some(applied) => applied,
+            None => self.maps.read_state()?,
+        };
+        // On failure `applied` stays empty: the next reconcile reads what the maps really hold.
+        let stats = self.maps.apply_diff(&current, &desired)?;
+        self.applied = Some(desired);
         self.reconciles += 1;
         if stats.written + stats.deleted > 0 {
             info!(
@@ -206,6 +224,18 @@ impl Agent {
                 "maps reconciled"
             );
         }
+        Ok(stats)
+    }
+
+    /// Reconciles from scratch: re-reads the node's addresses and the maps themselves (which
+    /// repairs anything changed behind the agent's back) and drops counters of endpoints that
+    /// are gone. Runs at start, on configuration changes and periodically.
+    pub fn resync(&mut self) -> Result<ApplyStats, AgentError> {
+        self.node = None;
+        self.applied = None;
+        let stats = self.reconcile()?;
+        let registry = &self.registry;
+        self.maps.prune_counters(&|id| registry.get(id).is_some())?;
         Ok(stats)
     }
 
@@ -358,6 +388,8 @@ impl Agent {
             })?;
         if self.model.is_some() {
             self.reconcile()?;
+            let registry = &self.registry;
+            self.maps.prune_counters(&|id| registry.get(id).is_some())?;
         }
         info!(endpoint = endpoint.id, pod = %pod, namespace = %namespace, interface = %interface, "endpoint removed");
         Ok(Some(endpoint))

@@ -20,7 +20,8 @@ use crate::api::{Request, Response};
 
 /// How often the configuration directory is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_millis(250);
-/// How often the maps are reconciled even without a change (node addresses, repairs).
+/// How often the agent resyncs without a change: re-reads node addresses and the maps
+/// (repairs), drops counters of removed endpoints.
 pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// A cheap fingerprint of a directory's `*.yaml` files: names, sizes and modification times.
@@ -96,8 +97,8 @@ fn watch(agent: &Mutex<Agent>, dir: &Path) {
             if changed {
                 debug!("configuration directory changed");
                 agent.reload_config();
-            } else if let Err(e) = agent.reconcile() {
-                debug!(error = %e, "periodic reconcile skipped");
+            } else if let Err(e) = agent.resync() {
+                debug!(error = %e, "periodic resync skipped");
             }
             last = now;
             last_resync = Instant::now();

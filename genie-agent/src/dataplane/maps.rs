@@ -116,11 +116,22 @@ impl PinnedMaps {
             .policy_epoch)
     }
 
-    /// Makes the maps equal `desired`, writing only what differs. New and changed entries go
+    /// Makes the maps equal `desired`, writing only what differs from what they hold now. New and changed entries go
     /// first, stale ones after, and the policy epoch is bumped last, so a tracked flow is
     /// re-checked against the finished state — never against a half-written one.
     pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, DataplaneError> {
         let current = self.read_state()?;
+        self.apply_diff(&current, desired)
+    }
+
+    /// [`PinnedMaps::apply`] against a `current` state the caller already knows (the agent's
+    /// last applied state), so an endpoint added to a large node costs its own entries rather
+    /// than a read of every map.
+    pub fn apply_diff(
+        &mut self,
+        current: &DesiredState,
+        desired: &DesiredState,
+    ) -> Result<ApplyStats, DataplaneError> {
         let mut stats = ApplyStats::default();
         stats.written += upsert(
             &mut self.identities,
