@@ -45,9 +45,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "--bin",
         "genie-bench",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = xtask::toolchain::target_dir(&root);
     let name = match args.which {
         Benchmark::Datapath => "datapath",
     };

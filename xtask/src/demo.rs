@@ -37,8 +37,6 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         "genie-tests",
         "--bins",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = xtask::toolchain::target_dir(&root);
     run(Command::new(target.join("debug/genie-demo")).env("GENIE_BIN", target.join("debug/genie")))
 }

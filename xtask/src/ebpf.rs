@@ -35,10 +35,7 @@ impl BuildOptions {
     /// The default layout: `<workspace>/target/ebpf`, object at
     /// `<workspace>/target/ebpf/genie.bpf.o`.
     pub fn for_workspace(workspace: &Path) -> Self {
-        let target_root = env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target"));
-        let target_dir = target_root.join("ebpf");
+        let target_dir = toolchain::target_dir(workspace).join("ebpf");
         Self {
             workspace: workspace.to_owned(),
             output: target_dir.join("genie.bpf.o"),

@@ -26,6 +26,13 @@ pub fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
+/// The workspace's cargo target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir(workspace: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+}
+
 /// Finds an executable on `PATH` or in `$CARGO_HOME/bin` (where `cargo install` puts it, and
 /// which is not always on `PATH` in CI shells).
 pub fn find_executable(name: &str) -> Option<PathBuf> {
