@@ -8,7 +8,7 @@ use genie_agent::{
     DEFAULT_BPFFS_DIR,
     agent::{self, Agent, AgentConfig},
     api::{self, DEFAULT_SOCKET, Request},
-    cli::table,
+    cli,
     endpoint::EndpointRequest,
     inspect,
 };
@@ -269,145 +269,24 @@ fn run_inspect(
             bpffs.display()
         );
     }
-    match what {
+    let (value, text) = match what {
         InspectCommand::Endpoints => {
             let rows = inspect::endpoints(bpffs, state_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.id.to_string(),
-                            r.namespace.clone(),
-                            r.pod.clone(),
-                            r.interface.clone(),
-                            format!("{} ({})", r.host_interface, r.ifindex),
-                            r.tenant.clone(),
-                            r.network.clone(),
-                            r.mac.clone(),
-                            r.addresses
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "ID",
-                            "NAMESPACE",
-                            "POD",
-                            "IFACE",
-                            "HOST IFACE",
-                            "TENANT",
-                            "NETWORK",
-                            "MAC",
-                            "ADDRESSES"
-                        ],
-                        &cells
-                    )
-                );
-            }
+            (serde_json::to_value(&rows)?, cli::endpoints_table(&rows))
         }
         InspectCommand::Policy => {
             let view = inspect::policy(bpffs)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!("policy epoch {}\n", view.policy_epoch);
-                let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
-                let cells: Vec<Vec<String>> = view
-                    .identities
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.tenant.clone(),
-                            i.network.clone(),
-                            i.identity.to_string(),
-                            yes(i.allow_host_access),
-                            yes(i.allow_external),
-                            yes(i.allow_external_ingress),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "TENANT",
-                            "NETWORK",
-                            "IDENTITY",
-                            "HOST ACCESS",
-                            "EXTERNAL",
-                            "EXTERNAL INGRESS"
-                        ],
-                        &cells
-                    )
-                );
-                println!();
-                let cells: Vec<Vec<String>> = view
-                    .rules
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.from.clone(),
-                            r.to.clone(),
-                            r.protocol.clone(),
-                            r.ports.clone(),
-                        ]
-                    })
-                    .collect();
-                print!("{}", table(&["FROM", "TO", "PROTOCOL", "PORTS"], &cells));
-                println!();
-                let cells: Vec<Vec<String>> = view
-                    .cidrs
-                    .iter()
-                    .map(|c| vec![c.cidr.clone(), c.identity.clone()])
-                    .collect();
-                print!("{}", table(&["CIDR", "CLASS"], &cells));
-            }
+            (serde_json::to_value(&view)?, cli::policy_text(&view))
         }
         InspectCommand::Counters => {
             let rows = inspect::counters(bpffs)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.endpoint.to_string(),
-                            r.tenant.clone(),
-                            r.network.clone(),
-                            r.direction.clone(),
-                            r.reason.clone(),
-                            r.packets.to_string(),
-                            r.bytes.to_string(),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "ENDPOINT",
-                            "TENANT",
-                            "NETWORK",
-                            "DIRECTION",
-                            "REASON",
-                            "PACKETS",
-                            "BYTES"
-                        ],
-                        &cells
-                    )
-                );
-            }
+            (serde_json::to_value(&rows)?, cli::counters_table(&rows))
         }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{text}");
     }
     Ok(())
 }
