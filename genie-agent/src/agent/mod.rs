@@ -15,6 +15,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::{
+    cni::spec::validate_ifname,
     dataplane::{ApplyStats, Dataplane, DataplaneError, PinnedMaps},
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
     model::{self, Model, ModelError, check_name},
@@ -409,23 +410,6 @@ impl Agent {
     pub fn config_dir(&self) -> &Path {
         &self.config.config_dir
     }
-}
-
-/// Interface names as the kernel accepts them (CNI spec: 1–15 characters, no `/`, `:` or
-/// whitespace).
-pub fn validate_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!("{name:?} must be 1 to 15 characters"));
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(format!("{name:?} contains '/', ':' or whitespace"));
-    }
-    Ok(())
 }
 
 /// Removes everything genie put on a node: detaches every pinned link, unpins every map,

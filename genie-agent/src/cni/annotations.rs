@@ -10,7 +10,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use serde::Deserialize;
 
-use crate::{agent::validate_ifname, model::DEFAULT_NETWORK};
+use super::spec::validate_ifname;
+use crate::model::DEFAULT_NETWORK;
 
 /// genie's own annotation: `"data@eth1, mgmt"`.
 pub const GENIE_NETWORKS: &str = "genie.dev/networks";

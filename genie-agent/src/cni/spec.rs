@@ -136,6 +136,23 @@ pub fn valid_identifier(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// Interface names as the kernel accepts them (CNI spec: 1–15 characters, no `/`, `:` or
+/// whitespace).
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} must be 1 to 15 characters"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("{name:?} contains '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
 /// Reads and validates the environment through `get`; errors have code 4 and name the variable.
 pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
     let bad = |var: &str, msg: String| CniError::new(code::INVALID_ENVIRONMENT, msg, var);
@@ -171,8 +188,9 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
         }
         match &ifname {
             None => return Err(bad("CNI_IFNAME", "CNI_IFNAME is not set".to_owned())),
-            Some(name) => crate::agent::validate_ifname(name)
-                .map_err(|m| bad("CNI_IFNAME", format!("CNI_IFNAME {m}")))?,
+            Some(name) => {
+                validate_ifname(name).map_err(|m| bad("CNI_IFNAME", format!("CNI_IFNAME {m}")))?
+            }
         }
         if command != Command::Del && netns.is_none() {
             return Err(bad("CNI_NETNS", "CNI_NETNS is not set".to_owned()));
