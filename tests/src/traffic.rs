@@ -73,6 +73,54 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a receiver waits after the last packet before it concludes nothing more comes.
 const QUIET_PERIOD: Duration = Duration::from_millis(300);
 
+/// Runs a server on a thread inside `netns`: `bind` there first, then `serve` with what it
+/// bound. Returns once bound, so senders never race the listener; a bind error is reported
+/// as such instead of as a server that never got ready.
+fn serve_in<S, R>(
+    netns: &Netns,
+    what: &str,
+    bind: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+    serve: impl FnOnce(S) -> R + Send + 'static,
+) -> Result<thread::JoinHandle<Option<R>>>
+where
+    S: 'static,
+    R: Send + 'static,
+{
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let path = netns.path();
+    let handle = thread::spawn(move || {
+        netns::run_in(&path, move || match bind() {
+            Ok(bound) => {
+                ready_tx.send(Ok(())).ok();
+                Some(serve(bound))
+            }
+            Err(e) => {
+                ready_tx.send(Err(e.to_string())).ok();
+                None
+            }
+        })
+        .ok()
+        .flatten()
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(anyhow!("the {what} in {} cannot listen: {e}", netns.name())),
+        Err(_) => Err(anyhow!("the {what} in {} never got ready", netns.name())),
+    }
+}
+
+/// Opens a TCP connection from inside `from`'s namespace; the socket then works from any
+/// thread.
+fn connect_from(
+    from: &(impl Reachable + ?Sized),
+    to: Ipv4Addr,
+    port: u16,
+) -> Result<std::io::Result<TcpStream>> {
+    Ok(netns::run_in(&from.netns().path(), move || {
+        TcpStream::connect_timeout(&SocketAddr::from((to, port)), CONNECT_TIMEOUT)
+    })?)
+}
+
 /// Sends `count` UDP datagrams of `payload_len` bytes from `from` to `to:port` and returns how
 /// many arrived.
 pub fn udp(
@@ -82,54 +130,51 @@ pub fn udp(
     count: usize,
     payload_len: usize,
 ) -> Result<usize> {
-    let (ready_tx, ready_rx) = mpsc::channel();
     let to_ip = to.ipv4();
-    let to_path = to.netns().path();
-    let from_path = from.netns().path();
-    thread::scope(|scope| {
-        let receiver = scope.spawn(move || {
-            netns::run_in(&to_path, move || -> Result<usize> {
-                let socket = UdpSocket::bind((to_ip, port)).context("binding the UDP receiver")?;
-                socket.set_read_timeout(Some(QUIET_PERIOD))?;
-                ready_tx.send(()).ok();
-                let mut buf = vec![0u8; 65_536];
-                let mut received = 0;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while received < count && Instant::now() < deadline {
-                    match socket.recv(&mut buf) {
-                        Ok(_) => received += 1,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            break;
-                        }
-                        Err(e) => return Err(e.into()),
+    let receiver = serve_in(
+        to.netns(),
+        "UDP receiver",
+        move || {
+            let socket = UdpSocket::bind((to_ip, port))?;
+            socket.set_read_timeout(Some(QUIET_PERIOD))?;
+            Ok(socket)
+        },
+        move |socket| -> std::io::Result<usize> {
+            let mut buf = vec![0u8; 65_536];
+            let mut received = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while received < count && Instant::now() < deadline {
+                match socket.recv(&mut buf) {
+                    Ok(_) => received += 1,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
                     }
+                    Err(e) => return Err(e),
                 }
-                Ok(received)
-            })
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the UDP receiver in {} never got ready", to.label()))?;
-        netns::run_in(&from_path, move || -> Result<()> {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            let payload = vec![0x5au8; payload_len];
-            for _ in 0..count {
-                socket.send_to(&payload, (to_ip, port))?;
-                // Pace slightly so a burst never overflows a queue: the tests count exactly.
-                thread::sleep(Duration::from_micros(200));
             }
-            Ok(())
-        })??;
-        receiver
-            .join()
-            .map_err(|_| anyhow!("UDP receiver panicked"))?
-            .map_err(anyhow::Error::from)?
-    })
+            Ok(received)
+        },
+    )?;
+    netns::run_in(&from.netns().path(), move || -> Result<()> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let payload = vec![0x5au8; payload_len];
+        for _ in 0..count {
+            socket.send_to(&payload, (to_ip, port))?;
+            // Pace slightly so a burst never overflows a queue: the tests count exactly.
+            thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    })??;
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow!("UDP receiver panicked"))?
+        .context("the UDP receiver thread failed")??;
+    Ok(received)
 }
 
 /// Opens a TCP connection from `from` to `to:port` (where an [`EchoServer`] is started for
@@ -166,7 +211,7 @@ pub fn ping(from: &(impl Reachable + ?Sized), to: Ipv4Addr, count: u32) -> Resul
 #[derive(Debug)]
 pub struct EchoConnection {
     stream: TcpStream,
-    server: Option<thread::JoinHandle<()>>,
+    server: Option<thread::JoinHandle<Option<std::io::Result<()>>>>,
 }
 
 impl EchoConnection {
@@ -176,13 +221,12 @@ impl EchoConnection {
         to: &(impl Reachable + ?Sized),
         port: u16,
     ) -> Result<Self> {
-        let (ready_tx, ready_rx) = mpsc::channel();
         let to_ip = to.ipv4();
-        let to_path = to.netns().path();
-        let server = thread::spawn(move || {
-            let _ = netns::run_in(&to_path, move || -> Result<()> {
-                let listener = TcpListener::bind((to_ip, port))?;
-                ready_tx.send(()).ok();
+        let server = serve_in(
+            to.netns(),
+            "echo server",
+            move || TcpListener::bind((to_ip, port)),
+            |listener| -> std::io::Result<()> {
                 let (mut conn, _) = listener.accept()?;
                 let mut buf = [0u8; 4096];
                 loop {
@@ -192,15 +236,9 @@ impl EchoConnection {
                     }
                     conn.write_all(&buf[..n])?;
                 }
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the echo server never got ready"))?;
-        let from_path = from.netns().path();
-        let stream = netns::run_in(&from_path, move || {
-            TcpStream::connect_timeout(&SocketAddr::from((to_ip, port)), CONNECT_TIMEOUT)
-        })??;
+            },
+        )?;
+        let stream = connect_from(from, to_ip, port)??;
         Ok(Self {
             stream,
             server: Some(server),
@@ -251,7 +289,7 @@ pub struct StreamReport {
 pub struct Stream {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sender: thread::JoinHandle<Result<u64, String>>,
-    receiver: thread::JoinHandle<(u64, Duration, Option<String>)>,
+    receiver: thread::JoinHandle<Option<(u64, Duration, Option<String>)>>,
 }
 
 impl Stream {
@@ -264,16 +302,12 @@ impl Stream {
         interval: Duration,
     ) -> Result<Self> {
         use std::sync::{Arc, atomic::AtomicBool};
-        let (ready_tx, ready_rx) = mpsc::channel();
         let to_ip = to.ipv4();
-        let to_path = to.netns().path();
-        let receiver = thread::spawn(move || {
-            let result = netns::run_in(&to_path, move || -> (u64, Duration, Option<String>) {
-                let listener = match TcpListener::bind((to_ip, port)) {
-                    Ok(l) => l,
-                    Err(e) => return (0, Duration::ZERO, Some(e.to_string())),
-                };
-                ready_tx.send(()).ok();
+        let receiver = serve_in(
+            to.netns(),
+            "stream receiver",
+            move || TcpListener::bind((to_ip, port)),
+            |listener| -> (u64, Duration, Option<String>) {
                 let (mut conn, _) = match listener.accept() {
                     Ok(c) => c,
                     Err(e) => return (0, Duration::ZERO, Some(e.to_string())),
@@ -293,17 +327,10 @@ impl Stream {
                         Err(e) => return (total, max_gap, Some(e.to_string())),
                     }
                 }
-            });
-            result.unwrap_or((0, Duration::ZERO, Some("receiver thread failed".to_owned())))
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the stream receiver never got ready"))?;
+            },
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
-        let from_path = from.netns().path();
-        let stream = netns::run_in(&from_path, move || {
-            TcpStream::connect_timeout(&SocketAddr::from((to_ip, port)), CONNECT_TIMEOUT)
-        })??;
+        let stream = connect_from(from, to_ip, port)??;
         let stop_flag = Arc::clone(&stop);
         let sender = thread::spawn(move || {
             let mut stream = stream;
@@ -333,10 +360,10 @@ impl Stream {
             .sender
             .join()
             .unwrap_or_else(|_| Err("sender panicked".to_owned()));
-        let (received, max_gap, rx_error) = self.receiver.join().unwrap_or((
+        let (received, max_gap, rx_error) = self.receiver.join().ok().flatten().unwrap_or((
             0,
             Duration::ZERO,
-            Some("receiver panicked".to_owned()),
+            Some("receiver thread failed".to_owned()),
         ));
         let (bytes_sent, error) = match sent {
             Ok(n) => (n, rx_error),
@@ -355,7 +382,7 @@ impl Stream {
 #[derive(Debug)]
 pub struct EchoServer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
+    handle: Option<thread::JoinHandle<Option<()>>>,
 }
 
 impl EchoServer {
@@ -365,16 +392,18 @@ impl EchoServer {
             Arc,
             atomic::{AtomicBool, Ordering},
         };
-        let (ready_tx, ready_rx) = mpsc::channel();
         let ip = at.ipv4();
-        let path = at.netns().path();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
-        let handle = thread::spawn(move || {
-            let _ = netns::run_in(&path, move || -> Result<()> {
+        let handle = serve_in(
+            at.netns(),
+            "echo server",
+            move || {
                 let listener = TcpListener::bind((ip, port))?;
                 listener.set_nonblocking(true)?;
-                ready_tx.send(()).ok();
+                Ok(listener)
+            },
+            move |listener| {
                 while !stop_flag.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((mut conn, _)) => {
@@ -392,15 +421,11 @@ impl EchoServer {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             thread::sleep(Duration::from_millis(5));
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(_) => return,
                     }
                 }
-                Ok(())
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the echo server never got ready"))?;
+            },
+        )?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -420,18 +445,13 @@ impl Drop for EchoServer {
 /// Connects from `from` to `to:port`, sends a message and reads the echo (needs an
 /// [`EchoServer`] there). Returns whether the exchange completed.
 pub fn tcp_connect_echo(from: &(impl Reachable + ?Sized), to: Ipv4Addr, port: u16) -> Result<bool> {
-    let from_path = from.netns().path();
-    netns::run_in(&from_path, move || -> Result<bool> {
-        let Ok(mut stream) =
-            TcpStream::connect_timeout(&SocketAddr::from((to, port)), CONNECT_TIMEOUT)
-        else {
-            return Ok(false);
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let message = b"genie-echo";
-        stream.write_all(message)?;
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf).unwrap_or(0);
-        Ok(&buf[..n] == message)
-    })?
+    let Ok(mut stream) = connect_from(from, to, port)? else {
+        return Ok(false);
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let message = b"genie-echo";
+    stream.write_all(message)?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    Ok(&buf[..n] == message)
 }
