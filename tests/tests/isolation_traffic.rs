@@ -453,6 +453,12 @@ fn agent_cleanup_removes_everything_genie_put_on_the_node() {
         0,
         "isolated before cleanup"
     );
+    let links = genie_links();
+    assert_eq!(
+        links.len(),
+        2 * PODS.len(),
+        "one TCX link per pod and direction"
+    );
     node.kill_agent().unwrap();
     let out = Command::new(genie_binary())
         .args(["agent", "cleanup", "--bpffs"])
@@ -479,15 +485,10 @@ fn agent_cleanup_removes_everything_genie_put_on_the_node() {
         3,
         "programs still attached after cleanup"
     );
-    let links = Command::new("bpftool")
-        .args(["link", "show"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&links.stdout);
-    assert!(
-        !text.contains("from_endpoint") && !text.contains("to_endpoint"),
-        "links remain:\n{text}"
-    );
+    node.wait_for("the kernel to release genie's links", || {
+        genie_links().iter().all(|id| !links.contains(id))
+    })
+    .unwrap();
 }
 
 #[test]
@@ -536,4 +537,35 @@ fn registrations_that_cannot_be_granted_are_refused_and_change_nothing() {
         (before.endpoints, before.policy_epoch),
         "nothing changed"
     );
+}
+
+/// The ids of the BPF links that run genie's programs (bpftool 7.1 lists TCX links as
+/// `type 11` with their program id only).
+fn genie_links() -> Vec<u64> {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let programs: Vec<u64> = json(&["prog", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| matches!(p["name"].as_str(), Some("from_endpoint" | "to_endpoint")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    json(&["link", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .is_some_and(|id| programs.contains(&id))
+        })
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
 }
