@@ -1,7 +1,7 @@
 //! Typed handles on the pinned maps, and the writer that turns a desired state into map
 //! updates — only the difference, in an order that never opens a gap.
 
-use std::{collections::BTreeMap, hash::Hash, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Pod,
@@ -116,9 +116,7 @@ impl PinnedMaps {
             .policy_epoch)
     }
 
-    /// Makes the maps equal `desired`, writing only what differs from what they hold now. New and changed entries go
-    /// first, stale ones after, and the policy epoch is bumped last, so a tracked flow is
-    /// re-checked against the finished state — never against a half-written one.
+    /// Makes the maps equal `desired`, writing only what differs from what they hold now.
     pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, DataplaneError> {
         let current = self.read_state()?;
         self.apply_diff(&current, desired)
@@ -126,66 +124,45 @@ impl PinnedMaps {
 
     /// [`PinnedMaps::apply`] against a `current` state the caller already knows (the agent's
     /// last applied state), so an endpoint added to a large node costs its own entries rather
-    /// than a read of every map.
+    /// than a read of every map. New and changed entries go first, stale ones after, and the
+    /// policy epoch is bumped last, so a tracked flow is re-checked against the finished state
+    /// — never against a half-written one.
     pub fn apply_diff(
         &mut self,
         current: &DesiredState,
         desired: &DesiredState,
     ) -> Result<ApplyStats, DataplaneError> {
+        let (c, d) = (current, desired);
         let mut stats = ApplyStats::default();
         stats.written += upsert(
             &mut self.identities,
-            &current.identities,
-            &desired.identities,
+            &c.identities,
+            &d.identities,
             IDENTITIES_MAP,
         )?;
-        stats.written += upsert(
-            &mut self.policy,
-            &current.policy,
-            &desired.policy,
-            POLICY_MAP,
-        )?;
-        stats.written += upsert(&mut self.addrs, &current.addrs, &desired.addrs, ADDRS_MAP)?;
-        for (key, value) in &desired.cidrs {
-            if current.cidrs.get(key) != Some(value) {
-                self.cidrs
-                    .insert(&Key::new(key.0, key.1), value, 0)
-                    .map_err(map_err(CIDRS_MAP))?;
-                stats.written += 1;
-            }
-        }
+        stats.written += upsert(&mut self.policy, &c.policy, &d.policy, POLICY_MAP)?;
+        stats.written += upsert(&mut self.addrs, &c.addrs, &d.addrs, ADDRS_MAP)?;
+        stats.written += upsert(&mut self.cidrs, &c.cidrs, &d.cidrs, CIDRS_MAP)?;
         stats.written += upsert(
             &mut self.endpoints,
-            &current.endpoints,
-            &desired.endpoints,
+            &c.endpoints,
+            &d.endpoints,
             ENDPOINTS_MAP,
         )?;
 
         stats.deleted += delete_stale(
             &mut self.endpoints,
-            &current.endpoints,
-            &desired.endpoints,
+            &c.endpoints,
+            &d.endpoints,
             ENDPOINTS_MAP,
         )?;
-        stats.deleted += delete_stale(
-            &mut self.policy,
-            &current.policy,
-            &desired.policy,
-            POLICY_MAP,
-        )?;
-        stats.deleted += delete_stale(&mut self.addrs, &current.addrs, &desired.addrs, ADDRS_MAP)?;
-        for key in current.cidrs.keys() {
-            if !desired.cidrs.contains_key(key) {
-                match self.cidrs.remove(&Key::new(key.0, key.1)) {
-                    Ok(()) | Err(MapError::KeyNotFound) => stats.deleted += 1,
-                    Err(e) => return Err(map_err(CIDRS_MAP)(e)),
-                }
-            }
-        }
+        stats.deleted += delete_stale(&mut self.policy, &c.policy, &d.policy, POLICY_MAP)?;
+        stats.deleted += delete_stale(&mut self.addrs, &c.addrs, &d.addrs, ADDRS_MAP)?;
+        stats.deleted += delete_stale(&mut self.cidrs, &c.cidrs, &d.cidrs, CIDRS_MAP)?;
         stats.deleted += delete_stale(
             &mut self.identities,
-            &current.identities,
-            &desired.identities,
+            &c.identities,
+            &d.identities,
             IDENTITIES_MAP,
         )?;
 
@@ -223,40 +200,57 @@ fn read_all<K: Ord, V>(
     entries.collect::<Result<_, _>>().map_err(map_err(name))
 }
 
-fn upsert<K, V>(
-    map: &mut HashMap<MapData, K, V>,
+/// A map the writer puts entries into and takes them out of, keyed as in [`DesiredState`].
+trait Writable<K, V> {
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+    fn delete(&mut self, key: &K) -> Result<(), MapError>;
+}
+
+impl<K: Pod, V: Pod> Writable<K, V> for HashMap<MapData, K, V> {
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+    fn delete(&mut self, key: &K) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// The LPM trie is keyed by (prefix length, address) in the desired state.
+impl Writable<(u32, IpAddr16), CidrInfo> for LpmTrie<MapData, IpAddr16, CidrInfo> {
+    fn put(&mut self, key: &(u32, IpAddr16), value: &CidrInfo) -> Result<(), MapError> {
+        self.insert(&Key::new(key.0, key.1), value, 0)
+    }
+    fn delete(&mut self, key: &(u32, IpAddr16)) -> Result<(), MapError> {
+        self.remove(&Key::new(key.0, key.1))
+    }
+}
+
+fn upsert<K: Ord, V: PartialEq>(
+    map: &mut impl Writable<K, V>,
     current: &BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
     name: &'static str,
-) -> Result<usize, DataplaneError>
-where
-    K: Pod + Ord + Hash,
-    V: Pod + PartialEq,
-{
+) -> Result<usize, DataplaneError> {
     let mut n = 0;
     for (key, value) in desired {
         if current.get(key) != Some(value) {
-            map.insert(key, value, 0).map_err(map_err(name))?;
+            map.put(key, value).map_err(map_err(name))?;
             n += 1;
         }
     }
     Ok(n)
 }
 
-fn delete_stale<K, V>(
-    map: &mut HashMap<MapData, K, V>,
+fn delete_stale<K: Ord, V>(
+    map: &mut impl Writable<K, V>,
     current: &BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
     name: &'static str,
-) -> Result<usize, DataplaneError>
-where
-    K: Pod + Ord + Hash,
-    V: Pod,
-{
+) -> Result<usize, DataplaneError> {
     let mut n = 0;
     for key in current.keys() {
         if !desired.contains_key(key) {
-            match map.remove(key) {
+            match map.delete(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => n += 1,
                 Err(e) => return Err(map_err(name)(e)),
             }
