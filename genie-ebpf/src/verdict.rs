@@ -229,10 +229,13 @@ fn revalidate(key: &CtKey, flags: u8) -> u8 {
     reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
 )]
 fn new_flow(endpoint: &EndpointInfo, ip: &Ip, direction: u8, flow: &Flow) -> u8 {
+    // The remote side's flags never matter here: they only count for a source or destination
+    // that is a local endpoint, and that side is this endpoint. Skipping them saves a lookup
+    // per new flow.
     let (src, dst) = if direction == Direction::Egress as u8 {
-        (endpoint_side(endpoint), side_of(&ip.dst))
+        (endpoint_side(endpoint), remote_side(&ip.dst))
     } else {
-        (side_of(&ip.src), endpoint_side(endpoint))
+        (remote_side(&ip.src), endpoint_side(endpoint))
     };
     let reason = decide_new_flow(src, dst, ip.protocol, ip.dport, policy_allows);
     if !reason.is_drop() {
@@ -275,7 +278,7 @@ fn endpoint_side(endpoint: &EndpointInfo) -> Side {
 
 /// Classifies an address: exact endpoint/service address, else longest CIDR, else WORLD.
 #[inline(always)]
-fn side_of(addr: &IpAddr16) -> Side {
+fn classify_addr(addr: &IpAddr16) -> u32 {
     // SAFETY: copied out at once.
     let exact = unsafe { ADDRS.get(addr) }.copied();
     let cidr = if exact.is_some() {
@@ -284,10 +287,26 @@ fn side_of(addr: &IpAddr16) -> Side {
         let key = aya_ebpf::btf_maps::lpm_trie::Key::new(128, *addr);
         CIDRS.get(&key).copied()
     };
-    let identity = classify(exact, cidr);
+    classify(exact, cidr)
+}
+
+/// An address's identity and that identity's flags (revalidation, where either side may be a
+/// local endpoint).
+#[inline(always)]
+fn side_of(addr: &IpAddr16) -> Side {
+    let identity = classify_addr(addr);
     Side {
         identity,
         flags: identity_flags(identity),
+    }
+}
+
+/// The other end of a new flow: its identity only.
+#[inline(always)]
+fn remote_side(addr: &IpAddr16) -> Side {
+    Side {
+        identity: classify_addr(addr),
+        flags: 0,
     }
 }
 
