@@ -1,6 +1,9 @@
 //! Text rendering for the `genie` subcommands: aligned tables.
 
-use crate::inspect::{CounterRowView, EndpointRow, PolicyView};
+use crate::{
+    cni::cache::ContainerStatus,
+    inspect::{CounterRowView, EndpointRow, PolicyView},
+};
 
 /// Renders rows as a table whose columns are as wide as their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -38,7 +41,11 @@ pub fn endpoints_table(rows: &[EndpointRow]) -> String {
                 r.namespace.clone(),
                 r.pod.clone(),
                 r.interface.clone(),
-                format!("{} ({})", r.host_interface, r.ifindex),
+                if r.side == "inPod" {
+                    format!("{} ({}, in pod)", r.host_interface, r.ifindex)
+                } else {
+                    format!("{} ({})", r.host_interface, r.ifindex)
+                },
                 r.tenant.clone(),
                 r.network.clone(),
                 r.mac.clone(),
@@ -51,7 +58,7 @@ pub fn endpoints_table(rows: &[EndpointRow]) -> String {
         "NAMESPACE",
         "POD",
         "IFACE",
-        "HOST IFACE",
+        "ATTACHED TO",
         "TENANT",
         "NETWORK",
         "MAC",
@@ -156,4 +163,39 @@ mod tests {
         );
         assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
     }
+}
+
+/// `genie inspect attachments`: every pod interface genie-cni attached, as recorded in the
+/// node's attachment cache (its `k8s.v1.cni.cncf.io/network-status`).
+pub fn attachments_table(rows: &[ContainerStatus]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .flat_map(|c| {
+            c.network_status.iter().map(|s| {
+                vec![
+                    c.namespace.clone(),
+                    c.pod.clone(),
+                    c.container_id.chars().take(12).collect(),
+                    s.interface.clone(),
+                    s.name.clone(),
+                    s.ips.join(","),
+                    s.mac.clone().unwrap_or_else(|| "-".to_owned()),
+                    if s.default { "yes" } else { "" }.to_owned(),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &[
+            "NAMESPACE",
+            "POD",
+            "CONTAINER",
+            "IFACE",
+            "NETWORK",
+            "ADDRESSES",
+            "MAC",
+            "DEFAULT",
+        ],
+        &cells,
+    )
 }

@@ -2,13 +2,14 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use genie_agent::{
     DEFAULT_BPFFS_DIR,
     agent::{self, Agent, AgentConfig},
     api::{self, DEFAULT_SOCKET, Request},
     cli,
+    cni::cache::Cache,
     endpoint::EndpointRequest,
     inspect,
 };
@@ -164,6 +165,9 @@ enum InspectCommand {
     Policy,
     /// Packet and byte counters per endpoint, direction and reason.
     Counters,
+    /// Pod interfaces attached through genie-cni, with their networks and addresses (the
+    /// pods' `k8s.v1.cni.cncf.io/network-status`), from the node's attachment cache.
+    Attachments,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -235,6 +239,7 @@ fn run_endpoint(what: EndpointCommand, socket: &std::path::Path) -> Result<()> {
                 interface: a.interface,
                 host_interface: a.host_interface,
                 netns: a.netns,
+                side: genie_agent::dataplane::AttachSide::Host,
                 pod_netns: None,
                 ips: a.ips,
                 mac: a.mac,
@@ -263,24 +268,35 @@ fn run_inspect(
     state_dir: &std::path::Path,
     json: bool,
 ) -> Result<()> {
-    if !bpffs.exists() {
-        bail!(
-            "{} does not exist: no genie agent has run on this node with that --bpffs",
-            bpffs.display()
-        );
-    }
+    let require_bpffs = || {
+        if bpffs.exists() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{} does not exist: no genie agent has run on this node with that --bpffs",
+                bpffs.display()
+            ))
+        }
+    };
     let (value, text) = match what {
         InspectCommand::Endpoints => {
+            require_bpffs()?;
             let rows = inspect::endpoints(bpffs, state_dir)?;
             (serde_json::to_value(&rows)?, cli::endpoints_table(&rows))
         }
         InspectCommand::Policy => {
+            require_bpffs()?;
             let view = inspect::policy(bpffs)?;
             (serde_json::to_value(&view)?, cli::policy_text(&view))
         }
         InspectCommand::Counters => {
+            require_bpffs()?;
             let rows = inspect::counters(bpffs)?;
             (serde_json::to_value(&rows)?, cli::counters_table(&rows))
+        }
+        InspectCommand::Attachments => {
+            let rows = Cache::open(&state_dir.join("cni"))?.statuses()?;
+            (serde_json::to_value(&rows)?, cli::attachments_table(&rows))
         }
     };
     if json {

@@ -9,7 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use genie_common::maps::in_pod_endpoint_key;
 use serde::{Deserialize, Serialize};
+
+use crate::dataplane::AttachSide;
 
 /// What a caller asks for when registering an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,10 +24,14 @@ pub struct EndpointRequest {
     pub network: String,
     /// Interface name inside the pod.
     pub interface: String,
-    /// Interface genie's programs attach to (host side of a veth).
+    /// Interface genie's programs attach to: the host side of a veth, or the pod's own
+    /// interface when `side` is `inPod`.
     pub host_interface: String,
-    /// Network namespace holding `host_interface` (the node's).
+    /// Network namespace holding `host_interface` (the node's, or the pod's for `inPod`).
     pub netns: PathBuf,
+    /// Where the programs run.
+    #[serde(default)]
+    pub side: AttachSide,
     /// The pod's own network namespace, if known.
     #[serde(default)]
     pub pod_netns: Option<PathBuf>,
@@ -53,6 +60,15 @@ impl Endpoint {
             self.request.pod.clone(),
             self.request.interface.clone(),
         )
+    }
+
+    /// The endpoints-map key: the interface index on the host side; on the pod side (where
+    /// indexes of different namespaces collide) a key of the endpoint's own.
+    pub fn map_key(&self) -> u32 {
+        match self.request.side {
+            AttachSide::Host => self.ifindex,
+            AttachSide::InPod => in_pod_endpoint_key(self.id),
+        }
     }
 
     /// The MAC as bytes (all zero when absent).

@@ -15,6 +15,7 @@ use genie_common::{
 use serde::Serialize;
 
 use crate::{
+    dataplane::AttachSide,
     dataplane::{DataplaneError, PinnedMaps, read_counters},
     endpoint::Registry,
 };
@@ -87,6 +88,8 @@ pub struct EndpointRow {
     pub interface: String,
     pub host_interface: String,
     pub ifindex: u32,
+    /// `host` (host side of a veth) or `inPod` (the pod's own interface).
+    pub side: String,
     pub tenant: String,
     pub network: String,
     pub identity: u32,
@@ -128,7 +131,12 @@ pub fn endpoints(bpffs: &Path, state_dir: &Path) -> Result<Vec<EndpointRow>, Dat
                 host_interface: registered
                     .map(|e| e.request.host_interface.clone())
                     .unwrap_or_default(),
-                ifindex: *ifindex,
+                ifindex: registered.map_or(*ifindex, |e| e.ifindex),
+                side: match registered.map(|e| e.request.side) {
+                    Some(AttachSide::InPod) => "inPod",
+                    _ => "host",
+                }
+                .to_owned(),
                 tenant,
                 network,
                 identity: info.identity,

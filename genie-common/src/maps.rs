@@ -7,7 +7,8 @@
 
 use crate::reason::{Direction, Reason};
 
-/// Endpoint records, keyed by the interface index the programs run on.
+/// Endpoint records, keyed by the interface index the programs run on, or by an in-pod key
+/// (see [`in_pod_endpoint_key`]).
 pub const ENDPOINTS_MAP: &str = "genie_endpoints";
 /// Exact addresses (/32, /128) of endpoints and cluster DNS → identity. A hash, not an LPM:
 /// its cost does not grow with the number of pods (REFERENCE.md, Cilium's ipcache numbers).
@@ -39,6 +40,21 @@ pub const ALL_MAPS: [&str; 9] = [
     COUNTERS_MAP,
     SCRATCH_MAP,
 ];
+
+/// Name of the read-only global holding a program instance's fixed endpoint key; 0 means "key
+/// by the interface index".
+pub const ENDPOINT_KEY_GLOBAL: &str = "GENIE_ENDPOINT_KEY";
+
+/// Set in every in-pod endpoint key. Interface indexes are positive `int`s, so keys with this
+/// bit never equal one.
+pub const IN_POD_KEY_BIT: u32 = 1 << 31;
+
+/// The endpoints-map key of an endpoint whose programs run inside the pod's namespace
+/// (interfaces without a host side, such as macvlan). Interface indexes are unique only within
+/// one namespace, so these endpoints get their own program instance carrying this key.
+pub const fn in_pod_endpoint_key(endpoint_id: u32) -> u32 {
+    IN_POD_KEY_BIT | endpoint_id
+}
 
 /// Capacity of [`ENDPOINTS_MAP`]: pod interfaces on one node.
 pub const MAX_ENDPOINTS: u32 = 131_072;

@@ -20,6 +20,13 @@ use crate::{
     parse::{self, Arp, Ip, KIND_ARP, KIND_IP, KIND_OTHER, TCP_FIN, TCP_RST},
 };
 
+/// The endpoint key of this program instance (`ENDPOINT_KEY_GLOBAL`): 0 in the shared instance
+/// on host-side interfaces (keyed by interface index); the agent loads a separate instance
+/// with an in-pod key for each interface it attaches inside a pod's namespace. It lives in
+/// `.rodata`, so the verifier sees a constant and drops the branch not taken.
+#[unsafe(no_mangle)]
+static GENIE_ENDPOINT_KEY: u32 = 0;
+
 /// A packet's flow, as the conntrack stages need it.
 #[repr(C)]
 pub struct Flow {
@@ -46,11 +53,17 @@ pub struct Verdict {
 
 #[inline(always)]
 pub fn decide(ctx: &TcContext, direction: Direction) -> Verdict {
-    // SAFETY: `skb` points at the context the kernel passed in; `ifindex` is readable for TC
-    // programs.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a `static` of the object, read as the loader patched it.
+    let fixed_key = unsafe { core::ptr::read_volatile(&GENIE_ENDPOINT_KEY) };
+    let key = if fixed_key != 0 {
+        fixed_key
+    } else {
+        // SAFETY: `skb` points at the context the kernel passed in; `ifindex` is readable for
+        // TC programs.
+        unsafe { (*ctx.skb.skb).ifindex }
+    };
     // SAFETY: the value is copied out at once.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(key) }).copied() else {
         // genie's program on an interface without an endpoint record: mid-setup or
         // mid-teardown. Fail closed.
         return Verdict {

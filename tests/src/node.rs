@@ -207,6 +207,7 @@ impl TestNode {
             interface: "eth0".to_owned(),
             host_interface: pod.host_ifname.clone(),
             netns: self.topo.node().path(),
+            side: genie_agent::dataplane::AttachSide::Host,
             pod_netns: Some(pod.netns.path()),
             ips: vec![IpAddr::V4(pod.ipv4)],
             mac: Some(pod.mac_string()),

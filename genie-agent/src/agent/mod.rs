@@ -1,6 +1,7 @@
 //! The agent: owns the node's dataplane, the endpoint registry and the last valid model, and
 //! keeps the maps equal to what they say.
 
+mod cni;
 mod node;
 pub mod server;
 
@@ -14,9 +15,11 @@ use ipnet::IpNet;
 use serde::Serialize;
 use tracing::{info, warn};
 
+pub use cni::PlannedAttachment;
+
 use crate::{
     cni::spec::validate_ifname,
-    dataplane::{ApplyStats, Dataplane, DataplaneError, PinnedMaps},
+    dataplane::{ApplyStats, AttachSide, Dataplane, DataplaneError, PinnedMaps},
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
     model::{self, Model, ModelError, check_name},
     reconcile::{DesiredState, NodeInfo, desired_state},
@@ -134,7 +137,12 @@ impl Agent {
         for ep in endpoints {
             match self
                 .dataplane
-                .attach(&ep.request.netns, &ep.request.host_interface, ep.id)
+                .attach(
+                    &ep.request.netns,
+                    &ep.request.host_interface,
+                    ep.id,
+                    ep.request.side,
+                )
             {
                 Ok(ifindex) if ifindex == ep.ifindex => {}
                 Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
@@ -323,9 +331,14 @@ impl Agent {
             }
         }
         let ifindex = crate::dataplane::interface_index(&request.netns, &request.host_interface)?;
-        // Endpoint records are keyed by interface index, which is unique only within one
-        // network namespace (README, "Known limitations").
-        if let Some(other) = self.registry.all().find(|e| e.ifindex == ifindex) {
+        // Host-side endpoint records are keyed by interface index, which is unique only within
+        // one network namespace (README, "Known limitations"); in-pod ones have keys of their own.
+        if request.side == AttachSide::Host
+            && let Some(other) = self
+                .registry
+                .all()
+                .find(|e| e.request.side == AttachSide::Host && e.ifindex == ifindex)
+        {
             return Err(AgentError::refused(
                 "hostInterface",
                 format!(
@@ -357,6 +370,7 @@ impl Agent {
                     &endpoint.request.netns,
                     &endpoint.request.host_interface,
                     endpoint.id,
+                    endpoint.request.side,
                 )
                 .map_err(AgentError::from)
         });
@@ -377,7 +391,16 @@ impl Agent {
         pod: &str,
         interface: &str,
     ) -> Result<Option<Endpoint>, AgentError> {
-        let Some(endpoint) = self.registry.find(namespace, pod, interface).cloned() else {
+        match self.registry.find(namespace, pod, interface) {
+            Some(endpoint) => self.remove_endpoint_id(endpoint.id),
+            None => Ok(None),
+        }
+    }
+
+    /// Detaches and forgets the endpoint `id`: its programs first (nothing runs with a missing
+    /// record), then its map entries. Removing one that does not exist succeeds.
+    pub fn remove_endpoint_id(&mut self, id: u32) -> Result<Option<Endpoint>, AgentError> {
+        let Some(endpoint) = self.registry.get(id).cloned() else {
             return Ok(None);
         };
         self.dataplane.detach(endpoint.id)?;
@@ -392,8 +415,18 @@ impl Agent {
             let registry = &self.registry;
             self.maps.prune_counters(&|id| registry.get(id).is_some())?;
         }
-        info!(endpoint = endpoint.id, pod = %pod, namespace = %namespace, interface = %interface, "endpoint removed");
+        info!(endpoint = endpoint.id, pod = %endpoint.request.pod, namespace = %endpoint.request.namespace, interface = %endpoint.request.interface, "endpoint removed");
         Ok(Some(endpoint))
+    }
+
+    /// A registered endpoint.
+    pub fn endpoint(&self, id: u32) -> Option<&Endpoint> {
+        self.registry.get(id)
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
     }
 
     /// The loaded dataplane (tests run its programs through `BPF_PROG_TEST_RUN`).

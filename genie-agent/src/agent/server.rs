@@ -16,7 +16,10 @@ use std::{
 use tracing::{debug, warn};
 
 use super::{Agent, AgentError};
-use crate::api::{Request, Response};
+use crate::{
+    api::{Request, Response},
+    cni::handler::CniHandler,
+};
 
 /// How often the configuration directory is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_millis(250);
@@ -43,6 +46,14 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
 /// ends. The agent's enforcement does not depend on this process: it is pinned.
 pub fn serve(agent: Agent, socket: &Path) -> Result<(), AgentError> {
     let config_dir = agent.config_dir().to_owned();
+    let cni = Arc::new(
+        CniHandler::new(&agent.config().state_dir, &agent.config().netns).map_err(|e| {
+            AgentError::Registry {
+                path: agent.config().state_dir.clone(),
+                source: std::io::Error::other(e),
+            }
+        })?,
+    );
     let agent = Arc::new(Mutex::new(agent));
 
     {
@@ -75,9 +86,10 @@ pub fn serve(agent: Agent, socket: &Path) -> Result<(), AgentError> {
         match stream {
             Ok(stream) => {
                 let agent = Arc::clone(&agent);
+                let cni = Arc::clone(&cni);
                 let _ = thread::Builder::new()
                     .name("api".to_owned())
-                    .spawn(move || handle_connection(&agent, stream));
+                    .spawn(move || handle_connection(&agent, &cni, stream));
             }
             Err(e) => warn!(error = %e, "accepting an API connection failed"),
         }
@@ -106,7 +118,7 @@ fn watch(agent: &Mutex<Agent>, dir: &Path) {
     }
 }
 
-fn handle_connection(agent: &Mutex<Agent>, stream: UnixStream) {
+fn handle_connection(agent: &Mutex<Agent>, cni: &CniHandler, stream: UnixStream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -118,6 +130,17 @@ fn handle_connection(agent: &Mutex<Agent>, stream: UnixStream) {
             continue;
         }
         let response = match serde_json::from_str::<Request>(&line) {
+            // CNI requests lock the agent only for short steps: delegates run unlocked.
+            Ok(Request::Cni { env, config }) => match cni.handle(agent, &env, &config) {
+                Ok(result) => Response {
+                    cni_result: result,
+                    ..Response::ok()
+                },
+                Err(error) => Response {
+                    cni_error: Some(error),
+                    ..Response::ok()
+                },
+            },
             Ok(request) => {
                 let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
                 respond(&mut agent, request)
@@ -162,6 +185,7 @@ fn respond(agent: &mut Agent, request: Request) -> Response {
             },
             Err(e) => error_response(e),
         },
+        Request::Cni { .. } => Response::error("bad-request", "op", "CNI requests are not served here"),
     }
 }
 

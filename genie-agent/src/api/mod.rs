@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     agent::Status,
+    cni::spec::{CniError, Env, NetConf},
     endpoint::{Endpoint, EndpointRequest},
 };
 
@@ -34,6 +35,8 @@ pub enum Request {
         pod: String,
         interface: String,
     },
+    /// A CNI request as `genie-cni` received it (validated environment and configuration).
+    Cni { env: Env, config: NetConf },
 }
 
 /// An error answer: a machine-readable code, the field at fault and a message.
@@ -69,6 +72,12 @@ pub struct Response {
     pub endpoint: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<Endpoint>>,
+    /// What `genie-cni` prints on success (ADD's result, VERSION's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_result: Option<serde_json::Value>,
+    /// What `genie-cni` prints on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_error: Option<CniError>,
 }
 
 impl Response {
@@ -79,6 +88,8 @@ impl Response {
             status: None,
             endpoint: None,
             endpoints: None,
+            cni_result: None,
+            cni_error: None,
         }
     }
 

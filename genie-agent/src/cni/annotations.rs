@@ -67,11 +67,14 @@ impl Attachment {
 }
 
 /// Why a pod's annotations cannot be turned into attachments.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AnnotationError {
     /// The annotation at fault.
     pub annotation: String,
     pub message: String,
+    /// The annotation names one interface twice (its own CNI error code).
+    pub repeated_interface: bool,
 }
 
 impl fmt::Display for AnnotationError {
@@ -86,6 +89,7 @@ fn error(annotation: &str, message: impl Into<String>) -> AnnotationError {
     AnnotationError {
         annotation: annotation.to_owned(),
         message: message.into(),
+        repeated_interface: false,
     }
 }
 
@@ -285,10 +289,10 @@ fn assign_interfaces(
     for r in &requested {
         if let Some(interface) = &r.interface {
             if taken.contains(interface) {
-                return Err(error(
-                    annotation,
-                    format!("interface {interface} is named twice"),
-                ));
+                return Err(AnnotationError {
+                    repeated_interface: true,
+                    ..error(annotation, format!("interface {interface} is named twice"))
+                });
             }
             taken.push(interface.clone());
         }

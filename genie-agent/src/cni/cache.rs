@@ -25,7 +25,8 @@ pub struct CachedAttachment {
     pub plugin: PathBuf,
     /// The configuration the delegate got (with its negotiated version).
     pub config: Value,
-    /// The delegate's ADD result (DEL's `prevResult`).
+    /// The delegate's ADD result (DEL's `prevResult`); `null` while its ADD runs, so a crash
+    /// mid-ADD still leaves a record for DEL and GC.
     pub result: Value,
     /// The genie endpoint registered for the interface, once registered.
     #[serde(default)]
@@ -37,12 +38,33 @@ pub struct CachedAttachment {
 #[serde(rename_all = "camelCase")]
 pub struct CachedContainer {
     pub container_id: String,
+    /// The runtime's network (the genie CNI configuration's `name`); GC is per network.
+    pub network_name: String,
+    /// The interface the runtime asked for (`CNI_IFNAME`, normally `eth0`).
+    pub ifname: String,
     pub namespace: String,
     pub pod: String,
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// `CNI_PATH` at ADD: delegates need it at DEL to find their IPAM plugins.
+    #[serde(default)]
+    pub cni_path: Vec<PathBuf>,
+    /// `CNI_ARGS` at ADD.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
     /// In the order ADD created them; DEL goes in reverse.
     pub attachments: Vec<CachedAttachment>,
+}
+
+/// One container's attachments as `genie inspect attachments` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub container_id: String,
+    pub namespace: String,
+    pub pod: String,
+    /// `k8s.v1.cni.cncf.io/network-status`.
+    pub network_status: Vec<super::result::NetworkStatus>,
 }
 
 /// Errors of the attachment cache.
@@ -117,6 +139,22 @@ impl Cache {
         }
     }
 
+    /// Every cached container with its network status.
+    pub fn statuses(&self) -> Result<Vec<ContainerStatus>, CacheError> {
+        let mut out = Vec::new();
+        for id in self.container_ids()? {
+            if let Some(container) = self.load(&id)? {
+                out.push(ContainerStatus {
+                    network_status: super::result::network_status(&container),
+                    container_id: container.container_id,
+                    namespace: container.namespace,
+                    pod: container.pod,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The ids of every cached container (for GC).
     pub fn container_ids(&self) -> Result<Vec<String>, CacheError> {
         let mut ids: Vec<String> = fs::read_dir(&self.dir)
@@ -143,9 +181,13 @@ mod tests {
     fn container(id: &str) -> CachedContainer {
         CachedContainer {
             container_id: id.to_owned(),
+            network_name: "genie".to_owned(),
+            ifname: "eth0".to_owned(),
             namespace: "red".to_owned(),
             pod: "web-1".to_owned(),
             netns: Some(PathBuf::from("/run/netns/x")),
+            cni_path: vec![PathBuf::from("/usr/lib/cni")],
+            args: Default::default(),
             attachments: vec![CachedAttachment {
                 network: "red-web".to_owned(),
                 ifname: "eth1".to_owned(),

@@ -357,6 +357,32 @@ pub fn del(
     .map(|_| ())
 }
 
+/// CHECK through a delegate, with its ADD result as `prevResult`. Configurations older than
+/// 0.4.0 have no CHECK: they pass without asking the plugin.
+pub fn check(
+    plugin: &Path,
+    invocation: &Invocation,
+    config: &Value,
+    prev_result: &Value,
+) -> Result<(), DelegateError> {
+    let version = config.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    if spec::version_less(version, Command::Check.since()) {
+        return Ok(());
+    }
+    let mut config = config.clone();
+    if let Some(object) = config.as_object_mut() {
+        object.insert("prevResult".to_owned(), prev_result.clone());
+    }
+    run(
+        plugin,
+        Command::Check,
+        Some(invocation),
+        &invocation.path,
+        &config,
+    )
+    .map(|_| ())
+}
+
 /// The delegate configuration for one network: its `plugin` object with `cniVersion` and
 /// `name`, and — unless the plugin brings its own — host-local IPAM over the network's
 /// subnets with its state in `ipam_dir`. Only the default network may install a default route.
@@ -407,7 +433,14 @@ pub fn network_config(
             ipam["routes"] = json!([{ "dst": "0.0.0.0/0" }]);
         }
         config.insert("ipam".to_owned(), ipam);
-    } else if !is_default
+    } else if let Some(ipam) = config.get_mut("ipam").and_then(Value::as_object_mut)
+        && ipam.get("type").and_then(Value::as_str) == Some("host-local")
+        && !ipam.contains_key("dataDir")
+    {
+        // Leases live with the rest of genie's node state, not in host-local's shared default.
+        ipam.insert("dataDir".to_owned(), json!(ipam_dir.join(network)));
+    }
+    if !is_default
         && let Some(routes) = config
             .get_mut("ipam")
             .and_then(|i| i.get_mut("routes"))

@@ -5,4 +5,7 @@
 pub mod annotations;
 pub mod cache;
 pub mod delegate;
+pub mod handler;
+pub mod result;
+pub mod shim;
 pub mod spec;

@@ -20,10 +20,25 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u32 = 11;
     pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
     pub const PLUGIN_NOT_AVAILABLE_LIMITED: u32 = 51;
-    /// genie's own: a request the agent refuses (unknown network, other tenant, quota…).
-    pub const REFUSED: u32 = 100;
-    /// genie's own: a delegate plugin failed.
-    pub const DELEGATE_FAILED: u32 = 101;
+    // genie's own codes (the spec leaves 100 and up to plugins); README, "CNI error codes".
+    /// A pod's network annotation cannot be read.
+    pub const BAD_ANNOTATION: u32 = 100;
+    /// The pod asks for a logical network that does not exist.
+    pub const UNKNOWN_NETWORK: u32 = 101;
+    /// The pod asks for a logical network of another tenant.
+    pub const FOREIGN_NETWORK: u32 = 102;
+    /// The tenant owning the pod's namespace has reached its endpoint quota.
+    pub const QUOTA_REACHED: u32 = 103;
+    /// The pod's annotation names one interface twice.
+    pub const REPEATED_INTERFACE: u32 = 104;
+    /// ADD for a container that already has attachments (DEL it first).
+    pub const ALREADY_ATTACHED: u32 = 105;
+    /// A delegate plugin failed without a CNI error of its own.
+    pub const DELEGATE_FAILED: u32 = 110;
+    /// genie could not put an interface under its programs.
+    pub const ATTACH_FAILED: u32 = 111;
+    /// CHECK found an attachment that is not as ADD left it.
+    pub const CHECK_FAILED: u32 = 112;
 }
 
 /// A CNI error, printed as JSON on stdout.

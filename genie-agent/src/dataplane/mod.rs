@@ -28,7 +28,10 @@ use aya::{
 };
 pub use counters::{CounterRow, read_counters};
 pub use error::DataplaneError;
-use genie_common::{Direction, maps::ALL_MAPS};
+use genie_common::{
+    Direction,
+    maps::{ALL_MAPS, ENDPOINT_KEY_GLOBAL, in_pod_endpoint_key},
+};
 pub use maps::{ApplyStats, PinnedMaps};
 
 use crate::{EBPF_OBJECT, netns};
@@ -57,8 +60,25 @@ struct EndpointAttachment {
 /// The loaded dataplane of one node.
 #[derive(Debug)]
 pub struct Dataplane {
+    /// The shared instance: keyed by interface index, attached on host sides.
     ebpf: Ebpf,
+    /// The object, for in-pod instances.
+    object: Vec<u8>,
     bpffs: PathBuf,
+}
+
+/// Where an endpoint's programs run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AttachSide {
+    /// On the host side of a veth pair, in the node's namespace: the pod sends into TCX
+    /// ingress. The pod cannot reach these programs.
+    #[default]
+    Host,
+    /// On the pod's own interface inside its namespace (macvlan and other interfaces without a
+    /// host side): the pod sends out of TCX egress. Holds only while the pod lacks
+    /// `CAP_NET_ADMIN` in its namespace (README, "Trust model").
+    InPod,
 }
 
 impl Dataplane {
@@ -76,36 +96,19 @@ impl Dataplane {
                 source,
             })?;
         }
-        let pins: Vec<(&str, PathBuf)> = ALL_MAPS
-            .iter()
-            .map(|name| (*name, bpffs.join(name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
-            source: Box::new(source),
-        })?;
-        for name in ALL_MAPS {
-            if ebpf.map(name).is_none() {
-                return Err(DataplaneError::MissingMap { name });
-            }
-        }
-        for name in [
-            FROM_ENDPOINT_PROGRAM,
-            TO_ENDPOINT_PROGRAM,
-            BENCH_PASS_PROGRAM,
-        ] {
-            classifier_mut(&mut ebpf, name)?.load().map_err(|source| {
-                DataplaneError::ProgramLoad {
-                    name,
-                    source: Box::new(source),
-                }
-            })?;
-        }
+        let ebpf = load_instance(
+            bpffs,
+            object,
+            0,
+            &[
+                FROM_ENDPOINT_PROGRAM,
+                TO_ENDPOINT_PROGRAM,
+                BENCH_PASS_PROGRAM,
+            ],
+        )?;
         Ok(Self {
             ebpf,
+            object: object.to_vec(),
             bpffs: bpffs.to_owned(),
         })
     }
@@ -132,12 +135,14 @@ impl Dataplane {
     /// restart): the interface is never without genie's program. Returns the interface index.
     ///
     /// The endpoint record must be in the maps first (see [`PinnedMaps::apply`]); until it is,
-    /// the programs drop everything on the interface.
+    /// the programs drop everything on the interface. In-pod endpoints get a program instance
+    /// of their own that carries their key ([`genie_common::maps::in_pod_endpoint_key`]).
     pub fn attach(
         &mut self,
         netns: &Path,
         ifname: &str,
         endpoint_id: u32,
+        side: AttachSide,
     ) -> Result<u32, DataplaneError> {
         let ifindex = interface_index(netns, ifname)?;
         let ep = EndpointAttachment {
@@ -145,70 +150,43 @@ impl Dataplane {
             ifname: ifname.to_owned(),
             endpoint_id,
         };
+        let mut own_instance;
+        let ebpf = match side {
+            AttachSide::Host => &mut self.ebpf,
+            AttachSide::InPod => {
+                own_instance = load_instance(
+                    &self.bpffs,
+                    &self.object,
+                    in_pod_endpoint_key(endpoint_id),
+                    &[FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM],
+                )?;
+                &mut own_instance
+            }
+        };
         for direction in Direction::ALL {
-            self.attach_direction(&ep, direction)?;
+            attach_direction(ebpf, &self.bpffs, &ep, direction, side)?;
         }
         Ok(ifindex)
     }
 
-    fn attach_direction(
-        &mut self,
-        ep: &EndpointAttachment,
+    /// The interface index an endpoint's pinned link of `direction` is attached to, or `None`
+    /// when the link is gone or was detached (CNI CHECK).
+    pub fn attached_ifindex(
+        &self,
+        endpoint_id: u32,
         direction: Direction,
-    ) -> Result<(), DataplaneError> {
-        let (program_name, attach_type) = match direction {
-            Direction::Egress => (FROM_ENDPOINT_PROGRAM, TcAttachType::Ingress),
-            Direction::Ingress => (TO_ENDPOINT_PROGRAM, TcAttachType::Egress),
+    ) -> Result<Option<u32>, DataplaneError> {
+        let path = link_pin_path(&self.bpffs, endpoint_id, direction);
+        let fd = match sys::obj_get(&path) {
+            Ok(fd) => fd,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DataplaneError::Detach { path, source }),
         };
-        let pin = link_pin_path(&self.bpffs, ep.endpoint_id, direction);
-        let program = classifier_mut(&mut self.ebpf, program_name)?;
-        let attach_err = |source| DataplaneError::Attach {
-            program: program_name,
-            ifname: ep.ifname.clone(),
-            netns: ep.netns.clone(),
-            source: Box::new(source),
-        };
-        let link_id = match PinnedLink::from_pin(&pin) {
-            Ok(existing) => {
-                // Swap the program inside the existing link: the interface is never without one.
-                let link: SchedClassifierLink =
-                    FdLink::from(existing)
-                        .try_into()
-                        .map_err(|source| DataplaneError::Link {
-                            path: pin.clone(),
-                            source,
-                        })?;
-                program.attach_to_link(link).map_err(attach_err)?
-            }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
-                let ifname = ep.ifname.clone();
-                netns::run_in(&ep.netns, || {
-                    program.attach_with_options(
-                        &ifname,
-                        attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                })?
-                .map_err(attach_err)?
-            }
-            Err(source) => {
-                return Err(DataplaneError::Link { path: pin, source });
-            }
-        };
-        let link = program.take_link(link_id).map_err(attach_err)?;
-        let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-            path: pin.clone(),
+        let ifindex = sys::tcx_link_ifindex(&fd).map_err(|source| DataplaneError::Detach {
+            path: path.clone(),
             source,
         })?;
-        if !pin.exists() {
-            link.pin(&pin).map_err(|source| DataplaneError::Pin {
-                path: pin.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        Ok((ifindex != 0).then_some(ifindex))
     }
 
     /// Detaches both programs of an endpoint now and removes their pins. Idempotent.
@@ -235,6 +213,118 @@ impl Dataplane {
         ids
     }
 }
+
+fn attach_direction(
+    ebpf: &mut Ebpf,
+    bpffs: &Path,
+    ep: &EndpointAttachment,
+    direction: Direction,
+    side: AttachSide,
+) -> Result<(), DataplaneError> {
+    // What the pod sends enters the host side of a veth but leaves the pod's own interface.
+    let (program_name, attach_type) = match (direction, side) {
+        (Direction::Egress, AttachSide::Host) => (FROM_ENDPOINT_PROGRAM, TcAttachType::Ingress),
+        (Direction::Ingress, AttachSide::Host) => (TO_ENDPOINT_PROGRAM, TcAttachType::Egress),
+        (Direction::Egress, AttachSide::InPod) => (FROM_ENDPOINT_PROGRAM, TcAttachType::Egress),
+        (Direction::Ingress, AttachSide::InPod) => (TO_ENDPOINT_PROGRAM, TcAttachType::Ingress),
+    };
+    let pin = link_pin_path(bpffs, ep.endpoint_id, direction);
+    let program = classifier_mut(ebpf, program_name)?;
+    let attach_err = |source| DataplaneError::Attach {
+        program: program_name,
+        ifname: ep.ifname.clone(),
+        netns: ep.netns.clone(),
+        source: Box::new(source),
+    };
+    let existing = match PinnedLink::from_pin(&pin) {
+        Ok(link) if link_is_live(&pin) => Some(link),
+        Ok(_) => {
+            // Detached by hand, or its interface was replaced: nothing to swap into.
+            remove_pin(&pin)?;
+            None
+        }
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(source) => return Err(DataplaneError::Link { path: pin, source }),
+    };
+    let link_id = match existing {
+        Some(existing) => {
+            // Swap the program inside the existing link: the interface is never without one.
+            let link: SchedClassifierLink =
+                FdLink::from(existing)
+                    .try_into()
+                    .map_err(|source| DataplaneError::Link {
+                        path: pin.clone(),
+                        source,
+                    })?;
+            program.attach_to_link(link).map_err(attach_err)?
+        }
+        None => {
+            let ifname = ep.ifname.clone();
+            netns::run_in(&ep.netns, || {
+                program.attach_with_options(
+                    &ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+            })?
+            .map_err(attach_err)?
+        }
+    };
+    let link = program.take_link(link_id).map_err(attach_err)?;
+    let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+        path: pin.clone(),
+        source,
+    })?;
+    if !pin.exists() {
+        link.pin(&pin).map_err(|source| DataplaneError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads one instance of `object` with its maps pinned under `bpffs` (adopting existing pins)
+/// and `fixed_key` as its endpoint key (0: by interface index), and loads `programs` into the
+/// kernel.
+fn load_instance(
+    bpffs: &Path,
+    object: &[u8],
+    fixed_key: u32,
+    programs: &[&'static str],
+) -> Result<Ebpf, DataplaneError> {
+    let pins: Vec<(&str, PathBuf)> = ALL_MAPS
+        .iter()
+        .map(|name| (*name, bpffs.join(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.override_global(ENDPOINT_KEY_GLOBAL, &fixed_key, true);
+    let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+        source: Box::new(source),
+    })?;
+    for name in ALL_MAPS {
+        if ebpf.map(name).is_none() {
+            return Err(DataplaneError::MissingMap { name });
+        }
+    }
+    for name in programs {
+        classifier_mut(&mut ebpf, name)?
+            .load()
+            .map_err(|source| DataplaneError::ProgramLoad {
+                name,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(ebpf)
+}
+
 fn classifier_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
@@ -246,6 +336,13 @@ fn classifier_mut<'a>(
             name,
             source: Box::new(source),
         })
+}
+
+/// Whether the link pinned at `pin` is still attached to an interface.
+fn link_is_live(pin: &Path) -> bool {
+    sys::obj_get(pin)
+        .and_then(|fd| sys::tcx_link_ifindex(&fd))
+        .is_ok_and(|ifindex| ifindex != 0)
 }
 
 /// Where the TCX link of one endpoint and direction is pinned.

@@ -1,4 +1,4 @@
-//! The two `bpf(2)` commands aya 0.14 does not wrap in a usable form.
+//! The `bpf(2)` commands aya 0.14 does not wrap in a usable form.
 
 use std::{
     ffi::CString,
@@ -12,7 +12,10 @@ use std::{
 
 // `enum bpf_cmd` in uapi/linux/bpf.h.
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
+// `enum bpf_link_type`.
+const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// The `BPF_OBJ_*` member of `union bpf_attr`.
 #[repr(C)]
@@ -26,6 +29,29 @@ struct ObjAttr {
 #[repr(C)]
 struct LinkDetachAttr {
     link_fd: u32,
+}
+
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_link_info` up to its `tcx` member: `type`, `id`, `prog_id`, then the union,
+/// which is 8-byte aligned (it holds `__aligned_u64` members), so `tcx.ifindex` is at 16.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    tcx_ifindex: u32,
+    tcx_attach_type: u32,
+    // The rest of the union; the kernel writes at most `info_len` bytes.
+    _rest: [u64; 4],
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
@@ -60,4 +86,23 @@ pub fn link_detach(link: &OwnedFd) -> io::Result<()> {
         link_fd: u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?,
     };
     bpf(BPF_LINK_DETACH, &attr).map(|_| ())
+}
+
+/// The interface a TCX link is attached to; 0 once it was detached (`bpftool link detach`,
+/// or its interface was deleted). Errors for links that are not TCX links.
+pub fn tcx_link_ifindex(link: &OwnedFd) -> io::Result<u32> {
+    let mut info = LinkInfo::default();
+    let attr = InfoAttr {
+        bpf_fd: u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?,
+        info_len: u32::try_from(size_of::<LinkInfo>()).map_err(io::Error::other)?,
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    if info.link_type != BPF_LINK_TYPE_TCX {
+        return Err(io::Error::other(format!(
+            "link {} is of type {}, not TCX",
+            info.id, info.link_type
+        )));
+    }
+    Ok(info.tcx_ifindex)
 }

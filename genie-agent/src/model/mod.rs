@@ -130,8 +130,9 @@ pub struct PodManifest {
     pub namespace: String,
     pub name: String,
     pub annotations: BTreeMap<String, String>,
-    /// The attachments its annotations ask for (syntax checked at load).
-    pub attachments: Vec<crate::cni::annotations::Attachment>,
+    /// The attachments its annotations ask for, or why they cannot be read.
+    pub attachments:
+        Result<Vec<crate::cni::annotations::Attachment>, crate::cni::annotations::AnnotationError>,
     pub file: PathBuf,
 }
 
@@ -409,27 +410,19 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".to_owned());
-        match crate::cni::annotations::attachments(&raw.meta.annotations, &namespace) {
-            Ok(attachments) => {
-                model.pods.insert(
-                    (namespace.clone(), raw.meta.name.clone()),
-                    PodManifest {
-                        namespace,
-                        name: raw.meta.name.clone(),
-                        annotations: raw.meta.annotations.clone(),
-                        attachments,
-                        file: raw.file.clone(),
-                    },
-                );
-            }
-            Err(e) => errors.push(ConfigError {
-                file: raw.file.clone(),
-                kind: raw.kind.clone(),
+        // A pod's bad annotation is that pod's problem: its ADD fails naming the annotation,
+        // while the rest of the configuration stays valid.
+        let attachments = crate::cni::annotations::attachments(&raw.meta.annotations, &namespace);
+        model.pods.insert(
+            (namespace.clone(), raw.meta.name.clone()),
+            PodManifest {
+                namespace,
                 name: raw.meta.name.clone(),
-                field: format!("metadata.annotations[{:?}]", e.annotation),
-                message: e.message,
-            }),
-        }
+                annotations: raw.meta.annotations.clone(),
+                attachments,
+                file: raw.file.clone(),
+            },
+        );
     }
     for (raw, spec) in physical_specs {
         model.physical.insert(

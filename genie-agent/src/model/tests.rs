@@ -232,6 +232,8 @@ fn pod_manifests_give_their_attachments() {
     let manifest = &model.pods[&("red".to_owned(), "web".to_owned())];
     let names: Vec<(&str, &str)> = manifest
         .attachments
+        .as_ref()
+        .unwrap()
         .iter()
         .map(|a| (a.network.as_str(), a.interface.as_str()))
         .collect();
@@ -251,18 +253,23 @@ fn pod_manifests_give_their_attachments() {
     assert_eq!(
         plain.pods[&("default".to_owned(), "plain".to_owned())]
             .attachments
+            .as_ref()
+            .unwrap()
             .len(),
         1
     );
 }
 
 #[test]
-fn a_bad_pod_annotation_names_the_annotation() {
+fn a_bad_pod_annotation_is_that_pods_error_only() {
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: red\n  annotations: {genie.dev/networks: \"a@eth1, b@eth1\"}\n";
-    let e = one_error(pod);
-    assert_eq!((e.kind.as_str(), e.name.as_str()), ("Pod", "web"));
-    assert_eq!(e.field, "metadata.annotations[\"genie.dev/networks\"]");
-    assert!(e.message.contains("named twice"), "{e}");
+    let model = load(&format!("{VALID}---\n{pod}")).unwrap();
+    let e = model.pods[&("red".to_owned(), "web".to_owned())]
+        .attachments
+        .clone()
+        .unwrap_err();
+    assert_eq!(e.annotation, "genie.dev/networks");
+    assert!(e.message.contains("named twice") && e.repeated_interface, "{e}");
 }
 
 #[test]

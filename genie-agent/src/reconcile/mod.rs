@@ -238,7 +238,7 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
             continue;
         };
         state.endpoints.insert(
-            ep.ifindex,
+            ep.map_key(),
             EndpointInfo {
                 endpoint_id: ep.id,
                 identity,

@@ -57,6 +57,7 @@ fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
             interface: "eth0".to_owned(),
             host_interface: format!("veth{id}"),
             netns: PathBuf::from("/proc/1/ns/net"),
+            side: crate::dataplane::AttachSide::Host,
             pod_netns: None,
             ips: vec![ip.parse().unwrap()],
             mac: Some("02:00:00:00:00:01".to_owned()),

@@ -1,0 +1,128 @@
+//! What the CNI handler asks of the agent: a pod's attachments, checked against the model
+//! before anything is created.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use super::Agent;
+use crate::{
+    cni::{
+        annotations,
+        spec::{CniError, code},
+    },
+    model::DEFAULT_NETWORK,
+};
+
+/// One interface ADD will create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedAttachment {
+    /// Logical network name, or `default`.
+    pub network: String,
+    /// Interface name inside the pod (`eth0` stands for the runtime's `CNI_IFNAME`).
+    pub interface: String,
+    /// The network's delegate configuration; `None` for the default network, whose delegate
+    /// the genie CNI configuration names.
+    pub plugin: Option<Value>,
+    /// Subnets for the derived host-local IPAM.
+    pub subnets: Vec<IpNet>,
+}
+
+impl Agent {
+    /// The attachments of pod `namespace/pod`, or the error that refuses its ADD. A pod the
+    /// configuration does not mention gets the default network only.
+    pub fn cni_plan(&self, namespace: &str, pod: &str) -> Result<Vec<PlannedAttachment>, CniError> {
+        let Some(model) = &self.model else {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the genie agent has no valid configuration yet",
+                self.config_error.clone().unwrap_or_default(),
+            ));
+        };
+        if let Some(error) = &self.config_error {
+            // The pod's declaration may be in the file that fails to load: attaching it with
+            // what the last valid configuration says could put it on the wrong networks.
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the genie agent's configuration directory is rejected; pods are not attached until it is fixed",
+                error.clone(),
+            ));
+        }
+        let pod_name = format!("{namespace}/{pod}");
+        let attachments = match model.pods.get(&(namespace.to_owned(), pod.to_owned())) {
+            Some(manifest) => manifest.attachments.clone().map_err(|e| {
+                let code = if e.repeated_interface {
+                    code::REPEATED_INTERFACE
+                } else {
+                    code::BAD_ANNOTATION
+                };
+                CniError::new(code, format!("pod {pod_name}: {e}"), e.annotation.clone())
+            })?,
+            None => annotations::attachments(&BTreeMap::new(), namespace).map_err(|e| {
+                CniError::new(code::BAD_ANNOTATION, e.to_string(), e.annotation.clone())
+            })?,
+        };
+        let tenant = model.namespace_tenant.get(namespace);
+        let mut plan = Vec::with_capacity(attachments.len());
+        for attachment in attachments {
+            if attachment.network == DEFAULT_NETWORK {
+                plan.push(PlannedAttachment {
+                    network: attachment.network,
+                    interface: attachment.interface,
+                    plugin: None,
+                    subnets: Vec::new(),
+                });
+                continue;
+            }
+            let Some(network) = model.logical.get(&attachment.network) else {
+                return Err(CniError::new(
+                    code::UNKNOWN_NETWORK,
+                    format!(
+                        "pod {pod_name} asks for logical network {:?} (interface {}), which does not exist",
+                        attachment.network, attachment.interface
+                    ),
+                    attachment.network,
+                ));
+            };
+            if tenant != Some(&network.tenant) {
+                return Err(CniError::new(
+                    code::FOREIGN_NETWORK,
+                    format!(
+                        "pod {pod_name} asks for logical network {:?} of tenant {:?}, but namespace {namespace:?} belongs to {}",
+                        network.name,
+                        network.tenant,
+                        tenant.map_or("no tenant".to_owned(), |t| format!("tenant {t:?}"))
+                    ),
+                    attachment.network,
+                ));
+            }
+            plan.push(PlannedAttachment {
+                network: attachment.network,
+                interface: attachment.interface,
+                plugin: network.plugin.clone(),
+                subnets: network.subnets.clone(),
+            });
+        }
+        if let Some(tenant) = tenant
+            && let Some(quota) = model.tenants[tenant].quota_endpoints
+        {
+            let used = self
+                .registry
+                .all()
+                .filter(|e| model.namespace_tenant.get(&e.request.namespace) == Some(tenant))
+                .count();
+            if used + plan.len() > quota as usize {
+                return Err(CniError::new(
+                    code::QUOTA_REACHED,
+                    format!(
+                        "pod {pod_name} needs {} endpoints, but tenant {tenant:?} uses {used} of its quota of {quota}",
+                        plan.len()
+                    ),
+                    tenant.clone(),
+                ));
+            }
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,487 @@
+//! The agent's side of `genie-cni` (thick model, DESIGN.md §4): ADD works out the pod's
+//! attachments, delegates each one to its real plugin and puts every interface under genie's
+//! programs before it returns; DEL, CHECK and GC work from the node's attachment cache, so they
+//! need neither the pod object nor the API server.
+//!
+//! Operations on one container are serialised; different containers proceed in parallel. The
+//! agent itself is locked only to plan and to register or remove endpoints, never while a
+//! delegate runs.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{Condvar, Mutex, MutexGuard},
+};
+
+use genie_common::Direction;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::{
+    annotations::DEFAULT_INTERFACE,
+    cache::{Cache, CacheError, CachedAttachment, CachedContainer},
+    delegate::{self, AddResult, DelegateError, Invocation},
+    result,
+    spec::{Command, CniError, Env, NetConf, code, version_result},
+};
+use crate::{
+    agent::{Agent, AgentError, PlannedAttachment},
+    dataplane::{AttachSide, interface_index},
+    endpoint::EndpointRequest,
+};
+
+/// How long `genie-cni` waits for the agent's answer: ADD runs every delegate of the pod.
+pub const CNI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Containers with an operation in progress.
+#[derive(Debug, Default)]
+struct ContainerLocks {
+    busy: Mutex<HashSet<String>>,
+    freed: Condvar,
+}
+
+/// Held while one operation runs on one container.
+struct ContainerGuard<'a> {
+    locks: &'a ContainerLocks,
+    id: String,
+}
+
+impl ContainerLocks {
+    fn lock(&self, id: &str) -> ContainerGuard<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(id) {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(id.to_owned());
+        ContainerGuard {
+            locks: self,
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for ContainerGuard<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.locks.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.id);
+        self.locks.freed.notify_all();
+    }
+}
+
+/// The CNI request handler of one node agent.
+#[derive(Debug)]
+pub struct CniHandler {
+    cache: Cache,
+    /// host-local's lease directories, one per network.
+    ipam_dir: PathBuf,
+    /// The node's network namespace: delegates run there.
+    node_netns: PathBuf,
+    locks: ContainerLocks,
+}
+
+fn lock(agent: &Mutex<Agent>) -> MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_error(e: CacheError) -> CniError {
+    CniError::new(
+        code::IO_FAILURE,
+        "genie's attachment cache failed",
+        e.to_string(),
+    )
+}
+
+/// A delegate's failure as the runtime sees it: the plugin's own code when it gave one of the
+/// spec's, genie's `DELEGATE_FAILED` otherwise, with the network and interface named.
+fn delegate_error(attachment: &str, e: DelegateError) -> CniError {
+    let code = match &e {
+        DelegateError::Failed { error, .. } if error.code < 100 => error.code,
+        DelegateError::Config { .. } => code::INVALID_NETWORK_CONFIG,
+        _ => code::DELEGATE_FAILED,
+    };
+    CniError::new(code, format!("{attachment}: {e}"), "")
+}
+
+fn agent_error(attachment: &str, e: AgentError) -> CniError {
+    let code = match &e {
+        AgentError::NotReady(_) => code::TRY_AGAIN_LATER,
+        AgentError::Refused { message, .. } if message.contains("quota") => code::QUOTA_REACHED,
+        _ => code::ATTACH_FAILED,
+    };
+    CniError::new(code, format!("{attachment}: {e}"), "")
+}
+
+impl CniHandler {
+    /// A handler keeping its cache and IPAM state under `state_dir`.
+    pub fn new(state_dir: &Path, node_netns: &Path) -> Result<Self, CacheError> {
+        Ok(Self {
+            cache: Cache::open(&state_dir.join("cni"))?,
+            ipam_dir: state_dir.join("ipam"),
+            node_netns: node_netns.to_owned(),
+            locks: ContainerLocks::default(),
+        })
+    }
+
+    /// Handles one request; `Ok(Some(_))` is printed on stdout by `genie-cni`.
+    pub fn handle(
+        &self,
+        agent: &Mutex<Agent>,
+        env: &Env,
+        conf: &NetConf,
+    ) -> Result<Option<Value>, CniError> {
+        let outcome = match env.command {
+            Command::Add => self.add(agent, env, conf).map(Some),
+            Command::Del => self.del(agent, env).map(|()| None),
+            Command::Check => self.check(agent, env).map(|()| None),
+            Command::Gc => self.gc(agent, conf).map(|()| None),
+            Command::Status => {
+                if lock(agent).status().ready {
+                    Ok(None)
+                } else {
+                    Err(CniError::new(
+                        code::PLUGIN_NOT_AVAILABLE,
+                        "the genie agent has no valid configuration yet",
+                        "",
+                    ))
+                }
+            }
+            Command::Version => Ok(Some(version_result(&conf.cni_version))),
+        };
+        outcome.map_err(|e| e.in_version(&conf.cni_version))
+    }
+
+    fn add(&self, agent: &Mutex<Agent>, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+        let container_id = env.container_id.clone().unwrap_or_default();
+        let runtime_ifname = env.ifname.clone().unwrap_or_default();
+        let _guard = self.locks.lock(&container_id);
+        if self
+            .cache
+            .load(&container_id)
+            .map_err(io_error)?
+            .is_some()
+        {
+            return Err(CniError::new(
+                code::ALREADY_ATTACHED,
+                format!("container {container_id} already has genie attachments; DEL it first"),
+                "",
+            ));
+        }
+        // Runtimes outside Kubernetes pass no pod: such a container is the pod `default/<id>`.
+        let (namespace, pod) = env
+            .pod()
+            .map_or(("default".to_owned(), container_id.clone()), |(n, p)| {
+                (n.to_owned(), p.to_owned())
+            });
+        let plan = lock(agent).cni_plan(&namespace, &pod)?;
+        let mut prepared = Vec::with_capacity(plan.len());
+        for planned in &plan {
+            prepared.push(self.prepare(env, conf, planned, &runtime_ifname)?);
+        }
+        let mut record = CachedContainer {
+            container_id,
+            network_name: conf.name.clone(),
+            ifname: runtime_ifname.clone(),
+            namespace,
+            pod,
+            netns: env.netns.clone(),
+            cni_path: env.path.clone(),
+            args: env.args.clone(),
+            attachments: Vec::new(),
+        };
+        let mut primary = None;
+        for attachment in prepared {
+            let label = attachment_label(&attachment);
+            match self.attach_one(agent, &mut record, attachment) {
+                Ok(result) => {
+                    if record.attachments.last().map(|a| a.ifname.as_str())
+                        == Some(runtime_ifname.as_str())
+                    {
+                        primary = Some(result);
+                    }
+                }
+                Err(error) => {
+                    if let Err(cleanup) = self.teardown(agent, &mut record) {
+                        warn!(container = %record.container_id, error = %cleanup, "rolling back a failed ADD left attachments; DEL or GC will retry");
+                    }
+                    warn!(container = %record.container_id, attachment = %label, error = %error, "ADD failed and was rolled back");
+                    return Err(error);
+                }
+            }
+        }
+        info!(container = %record.container_id, pod = %format!("{}/{}", record.namespace, record.pod), interfaces = record.attachments.len(), "pod attached");
+        let primary = primary.unwrap_or_else(|| {
+            record
+                .attachments
+                .first()
+                .map(|a| a.result.clone())
+                .unwrap_or_default()
+        });
+        Ok(result::convert(&primary, &conf.cni_version))
+    }
+
+    /// Resolves an attachment's delegate before anything is created: the plugin binary, the
+    /// version both speak and the configuration.
+    fn prepare(
+        &self,
+        env: &Env,
+        conf: &NetConf,
+        planned: &PlannedAttachment,
+        runtime_ifname: &str,
+    ) -> Result<CachedAttachment, CniError> {
+        let ifname = if planned.interface == DEFAULT_INTERFACE {
+            runtime_ifname.to_owned()
+        } else {
+            planned.interface.clone()
+        };
+        let label = format!("network {} ({ifname})", planned.network);
+        let plugin_config = match &planned.plugin {
+            Some(plugin) => Some(plugin),
+            None => conf.default_network.as_ref(),
+        };
+        let plugin_type = plugin_config
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let binary = delegate::find_plugin(&env.path, plugin_type)
+            .map_err(|e| delegate_error(&label, e))?;
+        let version = delegate::negotiate_version(&binary, &env.path, &conf.cni_version)
+            .map_err(|e| delegate_error(&label, e))?;
+        let config = delegate::network_config(
+            &planned.network,
+            plugin_config,
+            &planned.subnets,
+            &version,
+            ifname == runtime_ifname,
+            &self.ipam_dir,
+        )
+        .map_err(|e| delegate_error(&label, e))?;
+        Ok(CachedAttachment {
+            network: planned.network.clone(),
+            ifname,
+            plugin: binary,
+            config,
+            result: Value::Null,
+            endpoint: None,
+        })
+    }
+
+    /// Runs one attachment's delegate and registers its interface; every step is in the cache
+    /// before the next one starts. Returns the delegate's result.
+    fn attach_one(
+        &self,
+        agent: &Mutex<Agent>,
+        record: &mut CachedContainer,
+        attachment: CachedAttachment,
+    ) -> Result<Value, CniError> {
+        let label = attachment_label(&attachment);
+        let invocation = self.invocation(record, &attachment.ifname);
+        let plugin = attachment.plugin.clone();
+        let config = attachment.config.clone();
+        record.attachments.push(attachment);
+        self.cache.store(record).map_err(io_error)?;
+        let added =
+            delegate::add(&plugin, &invocation, &config).map_err(|e| delegate_error(&label, e))?;
+        let last = record.attachments.len() - 1;
+        record.attachments[last].result = added.raw.clone();
+        self.cache.store(record).map_err(io_error)?;
+        let request = self.endpoint_request(record, &record.attachments[last], &added, &label)?;
+        let endpoint = lock(agent)
+            .add_endpoint(request)
+            .map_err(|e| agent_error(&label, e))?;
+        record.attachments[last].endpoint = Some(endpoint.id);
+        self.cache.store(record).map_err(io_error)?;
+        Ok(added.raw)
+    }
+
+    /// The endpoint for an interface a delegate created: the host side of its veth when it
+    /// made one, otherwise the pod's own interface (macvlan).
+    fn endpoint_request(
+        &self,
+        record: &CachedContainer,
+        attachment: &CachedAttachment,
+        added: &AddResult,
+        label: &str,
+    ) -> Result<EndpointRequest, CniError> {
+        let pod_netns = record.netns.clone().unwrap_or_default();
+        let (side, netns, interface) = match added.host_interface() {
+            Some(host) => (AttachSide::Host, self.node_netns.clone(), host.name.clone()),
+            None => (AttachSide::InPod, pod_netns.clone(), attachment.ifname.clone()),
+        };
+        let ips: Vec<_> = added
+            .addresses_of(&attachment.ifname)
+            .iter()
+            .map(|n| n.addr())
+            .collect();
+        if ips.is_empty() {
+            return Err(CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!(
+                    "{label}: the delegate assigned no address; genie isolates endpoints by address, so every network needs IPAM"
+                ),
+                "",
+            ));
+        }
+        Ok(EndpointRequest {
+            pod: record.pod.clone(),
+            namespace: record.namespace.clone(),
+            network: attachment.network.clone(),
+            interface: attachment.ifname.clone(),
+            host_interface: interface,
+            netns,
+            side,
+            pod_netns: Some(pod_netns),
+            ips,
+            mac: added
+                .container_interface(&attachment.ifname)
+                .and_then(|i| i.mac.clone()),
+        })
+    }
+
+    fn invocation(&self, record: &CachedContainer, ifname: &str) -> Invocation {
+        Invocation {
+            path: record.cni_path.clone(),
+            container_id: record.container_id.clone(),
+            // After the runtime deleted the namespace, delegates clean up without one.
+            netns: record.netns.clone().filter(|p| p.exists()),
+            ifname: ifname.to_owned(),
+            args: record.args.clone(),
+            host_netns: Some(self.node_netns.clone()),
+        }
+    }
+
+    /// Undoes a container's attachments in reverse: endpoint first (its programs and map
+    /// entries), then the delegate's DEL with its cached result. Progress is written after
+    /// each step, so an interrupted teardown resumes where it stopped.
+    fn teardown(&self, agent: &Mutex<Agent>, record: &mut CachedContainer) -> Result<(), CniError> {
+        while let Some(attachment) = record.attachments.last().cloned() {
+            let label = attachment_label(&attachment);
+            if let Some(id) = attachment.endpoint {
+                lock(agent)
+                    .remove_endpoint_id(id)
+                    .map_err(|e| agent_error(&label, e))?;
+                record.attachments.last_mut().expect("not empty").endpoint = None;
+                self.cache.store(record).map_err(io_error)?;
+            }
+            let invocation = self.invocation(record, &attachment.ifname);
+            let prev = (!attachment.result.is_null()).then_some(&attachment.result);
+            delegate::del(&attachment.plugin, &invocation, &attachment.config, prev)
+                .map_err(|e| delegate_error(&label, e))?;
+            record.attachments.pop();
+            self.cache.store(record).map_err(io_error)?;
+        }
+        self.cache.remove(&record.container_id).map_err(io_error)
+    }
+
+    fn del(&self, agent: &Mutex<Agent>, env: &Env) -> Result<(), CniError> {
+        let container_id = env.container_id.clone().unwrap_or_default();
+        let _guard = self.locks.lock(&container_id);
+        let Some(mut record) = self.cache.load(&container_id).map_err(io_error)? else {
+            // Never added, or already deleted: DEL must succeed (CNI spec, DEL).
+            return Ok(());
+        };
+        if let Some(netns) = &env.netns {
+            record.netns = Some(netns.clone());
+        }
+        self.teardown(agent, &mut record)?;
+        info!(container = %container_id, "pod detached");
+        Ok(())
+    }
+
+    fn check(&self, agent: &Mutex<Agent>, env: &Env) -> Result<(), CniError> {
+        let container_id = env.container_id.clone().unwrap_or_default();
+        let _guard = self.locks.lock(&container_id);
+        let Some(record) = self.cache.load(&container_id).map_err(io_error)? else {
+            return Err(CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("container {container_id} has no genie attachments"),
+                "",
+            ));
+        };
+        for attachment in &record.attachments {
+            let label = attachment_label(attachment);
+            let failed = |message: String| {
+                CniError::new(code::CHECK_FAILED, format!("{label}: {message}"), "")
+            };
+            if attachment.result.is_null() {
+                return Err(failed("its ADD never completed".to_owned()));
+            }
+            let invocation = self.invocation(&record, &attachment.ifname);
+            delegate::check(
+                &attachment.plugin,
+                &invocation,
+                &attachment.config,
+                &attachment.result,
+            )
+            .map_err(|e| delegate_error(&label, e))?;
+            let agent = lock(agent);
+            let Some(endpoint) = attachment.endpoint.and_then(|id| agent.endpoint(id)) else {
+                return Err(failed("is not registered as a genie endpoint".to_owned()));
+            };
+            let ifindex = interface_index(&endpoint.request.netns, &endpoint.request.host_interface)
+                .map_err(|e| failed(e.to_string()))?;
+            if ifindex != endpoint.ifindex {
+                return Err(failed(format!(
+                    "interface {} was replaced (index {ifindex}, genie attached to {})",
+                    endpoint.request.host_interface, endpoint.ifindex
+                )));
+            }
+            for direction in Direction::ALL {
+                let attached = agent
+                    .dataplane()
+                    .attached_ifindex(endpoint.id, direction)
+                    .map_err(|e| failed(e.to_string()))?;
+                if attached != Some(ifindex) {
+                    return Err(failed(format!(
+                        "genie's {} program is not attached to {}",
+                        direction.name(),
+                        endpoint.request.host_interface
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every cached container of this network that is not in the runtime's list of
+    /// valid attachments, with its IPs, links and map entries (CNI 1.1.0, GC).
+    fn gc(&self, agent: &Mutex<Agent>, conf: &NetConf) -> Result<(), CniError> {
+        let Some(valid) = conf
+            .valid_attachments
+            .as_ref()
+            .or(conf.attachments.as_ref())
+        else {
+            return Err(CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                "GC needs cni.dev/valid-attachments",
+                "cni.dev/valid-attachments",
+            ));
+        };
+        let keep: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|v| (v.container_id.as_str(), v.ifname.as_str()))
+            .collect();
+        let mut first_error = None;
+        for container_id in self.cache.container_ids().map_err(io_error)? {
+            let _guard = self.locks.lock(&container_id);
+            let Some(mut record) = self.cache.load(&container_id).map_err(io_error)? else {
+                continue;
+            };
+            if record.network_name != conf.name
+                || keep.contains(&(record.container_id.as_str(), record.ifname.as_str()))
+            {
+                continue;
+            }
+            info!(container = %container_id, "GC removes a stale attachment");
+            if let Err(e) = self.teardown(agent, &mut record) {
+                warn!(container = %container_id, error = %e, "GC could not remove an attachment");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+}
+
+fn attachment_label(attachment: &CachedAttachment) -> String {
+    format!("network {} ({})", attachment.network, attachment.ifname)
+}
