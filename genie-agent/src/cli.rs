@@ -150,21 +150,6 @@ pub fn counters_table(rows: &[CounterRowView]) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn columns_align() {
-        let t = super::table(
-            &["A", "LONG"],
-            &[
-                vec!["xyz".into(), "1".into()],
-                vec!["q".into(), "22".into()],
-            ],
-        );
-        assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
-    }
-}
-
 /// `genie inspect attachments`: every pod interface genie-cni attached, as recorded in the
 /// node's attachment cache (its `k8s.v1.cni.cncf.io/network-status`).
 pub fn attachments_table(rows: &[ContainerStatus]) -> String {
@@ -198,4 +183,19 @@ pub fn attachments_table(rows: &[ContainerStatus]) -> String {
         ],
         &cells,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_align() {
+        let t = super::table(
+            &["A", "LONG"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
+    }
 }

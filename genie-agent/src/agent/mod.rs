@@ -135,15 +135,12 @@ impl Agent {
     fn readopt_endpoints(&mut self) -> Result<(), AgentError> {
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
         for ep in endpoints {
-            match self
-                .dataplane
-                .attach(
-                    &ep.request.netns,
-                    &ep.request.host_interface,
-                    ep.id,
-                    ep.request.side,
-                )
-            {
+            match self.dataplane.attach(
+                &ep.request.netns,
+                &ep.request.host_interface,
+                ep.id,
+                ep.request.side,
+            ) {
                 Ok(ifindex) if ifindex == ep.ifindex => {}
                 Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
                     warn!(endpoint = ep.id, pod = %ep.request.pod, "interface is gone or was replaced; forgetting the endpoint");
@@ -364,6 +361,9 @@ impl Agent {
                 path: self.config.state_dir.clone(),
                 source,
             })?;
+        // Re-read the node's addresses: the delegate that made this interface may have given
+        // the node one (the bridge plugin's gateway), which must count as HOST at once.
+        self.node = None;
         let result = self.reconcile().and_then(|_| {
             self.dataplane
                 .attach(

@@ -185,7 +185,9 @@ fn respond(agent: &mut Agent, request: Request) -> Response {
             },
             Err(e) => error_response(e),
         },
-        Request::Cni { .. } => Response::error("bad-request", "op", "CNI requests are not served here"),
+        Request::Cni { .. } => {
+            Response::error("bad-request", "op", "CNI requests are not served here")
+        }
     }
 }
 

@@ -365,7 +365,10 @@ pub fn check(
     config: &Value,
     prev_result: &Value,
 ) -> Result<(), DelegateError> {
-    let version = config.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    let version = config
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if spec::version_less(version, Command::Check.since()) {
         return Ok(());
     }

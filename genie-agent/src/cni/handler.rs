@@ -8,9 +8,10 @@
 //! delegate runs.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Condvar, Mutex, MutexGuard},
+    time::SystemTime,
 };
 
 use genie_common::Direction;
@@ -22,7 +23,7 @@ use super::{
     cache::{Cache, CacheError, CachedAttachment, CachedContainer},
     delegate::{self, AddResult, DelegateError, Invocation},
     result,
-    spec::{Command, CniError, Env, NetConf, code, version_result},
+    spec::{CniError, Command, Env, NetConf, code, version_result},
 };
 use crate::{
     agent::{Agent, AgentError, PlannedAttachment},
@@ -68,6 +69,9 @@ impl Drop for ContainerGuard<'_> {
     }
 }
 
+/// A plugin binary, its modification time and the runtime's version.
+type VersionKey = (PathBuf, Option<SystemTime>, String);
+
 /// The CNI request handler of one node agent.
 #[derive(Debug)]
 pub struct CniHandler {
@@ -77,6 +81,9 @@ pub struct CniHandler {
     /// The node's network namespace: delegates run there.
     node_netns: PathBuf,
     locks: ContainerLocks,
+    /// Negotiated versions by (plugin binary, its modification time, the runtime's version):
+    /// asking a plugin for VERSION costs a process per attachment otherwise.
+    versions: Mutex<HashMap<VersionKey, String>>,
 }
 
 fn lock(agent: &Mutex<Agent>) -> MutexGuard<'_, Agent> {
@@ -119,6 +126,7 @@ impl CniHandler {
             ipam_dir: state_dir.join("ipam"),
             node_netns: node_netns.to_owned(),
             locks: ContainerLocks::default(),
+            versions: Mutex::default(),
         })
     }
 
@@ -154,12 +162,7 @@ impl CniHandler {
         let container_id = env.container_id.clone().unwrap_or_default();
         let runtime_ifname = env.ifname.clone().unwrap_or_default();
         let _guard = self.locks.lock(&container_id);
-        if self
-            .cache
-            .load(&container_id)
-            .map_err(io_error)?
-            .is_some()
-        {
+        if self.cache.load(&container_id).map_err(io_error)?.is_some() {
             return Err(CniError::new(
                 code::ALREADY_ATTACHED,
                 format!("container {container_id} already has genie attachments; DEL it first"),
@@ -242,9 +245,10 @@ impl CniHandler {
             .and_then(|p| p.get("type"))
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let binary = delegate::find_plugin(&env.path, plugin_type)
-            .map_err(|e| delegate_error(&label, e))?;
-        let version = delegate::negotiate_version(&binary, &env.path, &conf.cni_version)
+        let binary =
+            delegate::find_plugin(&env.path, plugin_type).map_err(|e| delegate_error(&label, e))?;
+        let version = self
+            .negotiate(&binary, &env.path, &conf.cni_version)
             .map_err(|e| delegate_error(&label, e))?;
         let config = delegate::network_config(
             &planned.network,
@@ -263,6 +267,32 @@ impl CniHandler {
             result: Value::Null,
             endpoint: None,
         })
+    }
+
+    /// The version to speak with `binary`, asked once per binary (a replaced binary is asked
+    /// again).
+    fn negotiate(
+        &self,
+        binary: &Path,
+        search_path: &[PathBuf],
+        ours: &str,
+    ) -> Result<String, DelegateError> {
+        let modified = std::fs::metadata(binary).and_then(|m| m.modified()).ok();
+        let key = (binary.to_owned(), modified, ours.to_owned());
+        if let Some(version) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(version.clone());
+        }
+        let version = delegate::negotiate_version(binary, search_path, ours)?;
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, version.clone());
+        Ok(version)
     }
 
     /// Runs one attachment's delegate and registers its interface; every step is in the cache
@@ -305,7 +335,11 @@ impl CniHandler {
         let pod_netns = record.netns.clone().unwrap_or_default();
         let (side, netns, interface) = match added.host_interface() {
             Some(host) => (AttachSide::Host, self.node_netns.clone(), host.name.clone()),
-            None => (AttachSide::InPod, pod_netns.clone(), attachment.ifname.clone()),
+            None => (
+                AttachSide::InPod,
+                pod_netns.clone(),
+                attachment.ifname.clone(),
+            ),
         };
         let ips: Vec<_> = added
             .addresses_of(&attachment.ifname)
@@ -364,8 +398,16 @@ impl CniHandler {
             }
             let invocation = self.invocation(record, &attachment.ifname);
             let prev = (!attachment.result.is_null()).then_some(&attachment.result);
-            delegate::del(&attachment.plugin, &invocation, &attachment.config, prev)
-                .map_err(|e| delegate_error(&label, e))?;
+            match delegate::del(&attachment.plugin, &invocation, &attachment.config, prev) {
+                Ok(()) => {}
+                // A delegate whose ADD failed may refuse DEL for the same reason (macvlan with
+                // a missing master fails both). It was asked to clean up once; retrying it
+                // forever would keep the pod's other attachments, and the pod, from going.
+                Err(e) if prev.is_none() => {
+                    warn!(container = %record.container_id, attachment = %label, error = %e, "DEL of an attachment whose ADD failed also failed; moving on");
+                }
+                Err(e) => return Err(delegate_error(&label, e)),
+            }
             record.attachments.pop();
             self.cache.store(record).map_err(io_error)?;
         }
@@ -417,8 +459,9 @@ impl CniHandler {
             let Some(endpoint) = attachment.endpoint.and_then(|id| agent.endpoint(id)) else {
                 return Err(failed("is not registered as a genie endpoint".to_owned()));
             };
-            let ifindex = interface_index(&endpoint.request.netns, &endpoint.request.host_interface)
-                .map_err(|e| failed(e.to_string()))?;
+            let ifindex =
+                interface_index(&endpoint.request.netns, &endpoint.request.host_interface)
+                    .map_err(|e| failed(e.to_string()))?;
             if ifindex != endpoint.ifindex {
                 return Err(failed(format!(
                     "interface {} was replaced (index {ifindex}, genie attached to {})",
@@ -479,7 +522,6 @@ impl CniHandler {
         }
         first_error.map_or(Ok(()), Err)
     }
-
 }
 
 fn attachment_label(attachment: &CachedAttachment) -> String {

@@ -269,7 +269,10 @@ fn a_bad_pod_annotation_is_that_pods_error_only() {
         .clone()
         .unwrap_err();
     assert_eq!(e.annotation, "genie.dev/networks");
-    assert!(e.message.contains("named twice") && e.repeated_interface, "{e}");
+    assert!(
+        e.message.contains("named twice") && e.repeated_interface,
+        "{e}"
+    );
 }
 
 #[test]

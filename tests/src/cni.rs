@@ -1,0 +1,165 @@
+//! Running `genie-cni` the way a container runtime does: `CNI_*` environment variables, the
+//! network configuration on stdin, a real network namespace, and the answer read from stdout
+//! and the exit code.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use crate::node::{TestNode, genie_binary};
+
+/// Where Debian's `containernetworking-plugins` installs the plugins.
+pub const DEBIAN_CNI_PATH: &str = "/usr/lib/cni";
+
+/// The `genie-cni` binary next to `genie`.
+pub fn genie_cni_binary() -> PathBuf {
+    genie_binary().with_file_name("genie-cni")
+}
+
+/// What one invocation printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct CniOutcome {
+    pub exit_code: i32,
+    /// stdout as JSON (`Value::Null` when empty).
+    pub stdout: Value,
+    pub raw: String,
+}
+
+impl CniOutcome {
+    /// The CNI error code, when the invocation failed.
+    pub fn error_code(&self) -> Option<u64> {
+        (self.exit_code != 0).then(|| self.stdout["code"].as_u64().unwrap_or(0))
+    }
+
+    /// Panics with the full answer unless the invocation succeeded.
+    pub fn expect_ok(self, what: &str) -> Value {
+        assert_eq!(self.exit_code, 0, "{what} failed: {}", self.raw);
+        self.stdout
+    }
+}
+
+/// Runs `genie-cni` with exactly `env` (nothing inherited) and `stdin`.
+pub fn invoke_raw(env: &[(&str, String)], stdin: &[u8]) -> Result<CniOutcome> {
+    let mut child = Command::new(genie_cni_binary())
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", genie_cni_binary().display()))?;
+    child
+        .stdin
+        .take()
+        .context("stdin is piped")?
+        .write_all(stdin)?;
+    let output = child.wait_with_output()?;
+    let raw = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stdout = if raw.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&raw).with_context(|| format!("genie-cni printed non-JSON: {raw}"))?
+    };
+    Ok(CniOutcome {
+        exit_code: output.status.code().unwrap_or(-1),
+        stdout,
+        raw: format!("{raw}{}", String::from_utf8_lossy(&output.stderr)),
+    })
+}
+
+/// A container runtime on one node: its genie CNI configuration and the pod identity it passes.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The network configuration given on stdin.
+    pub config: Value,
+}
+
+/// One pod sandbox as the runtime knows it.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub container_id: String,
+    pub namespace: String,
+    pub pod: String,
+    /// The pod's network namespace (`None`: omitted).
+    pub netns: Option<PathBuf>,
+}
+
+impl Sandbox {
+    pub fn new(container_id: &str, namespace: &str, pod: &str, netns: &Path) -> Self {
+        Self {
+            container_id: container_id.to_owned(),
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            netns: Some(netns.to_owned()),
+        }
+    }
+}
+
+impl Runtime {
+    /// A configuration for `node`: genie-cni talking to its agent, with `default_network` as the
+    /// cluster default network's delegate.
+    pub fn new(node: &TestNode, default_network: Value) -> Self {
+        Self {
+            config: json!({
+                "cniVersion": "1.1.0",
+                "name": "genie",
+                "type": "genie-cni",
+                "agentSocket": node.socket(),
+                "defaultNetwork": default_network,
+            }),
+        }
+    }
+
+    fn env(&self, command: &str, sandbox: &Sandbox) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("CNI_COMMAND", command.to_owned()),
+            ("CNI_CONTAINERID", sandbox.container_id.clone()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_PATH", DEBIAN_CNI_PATH.to_owned()),
+            (
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                    sandbox.namespace, sandbox.pod, sandbox.container_id
+                ),
+            ),
+        ];
+        if let Some(netns) = &sandbox.netns {
+            env.push(("CNI_NETNS", netns.display().to_string()));
+        }
+        env
+    }
+
+    /// ADD, DEL or CHECK for `sandbox`.
+    pub fn call(&self, command: &str, sandbox: &Sandbox) -> Result<CniOutcome> {
+        let mut config = self.config.clone();
+        if command == "CHECK" {
+            config["prevResult"] = json!({"cniVersion": "1.1.0"});
+        }
+        invoke_raw(
+            &self.env(command, sandbox),
+            serde_json::to_vec(&config)?.as_slice(),
+        )
+    }
+
+    /// STATUS, VERSION or GC (commands without a container); `extra` is merged into the
+    /// configuration.
+    pub fn call_plugin(&self, command: &str, extra: Value) -> Result<CniOutcome> {
+        let mut config = self.config.clone();
+        if let (Some(c), Value::Object(e)) = (config.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        invoke_raw(
+            &[
+                ("CNI_COMMAND", command.to_owned()),
+                ("CNI_PATH", DEBIAN_CNI_PATH.to_owned()),
+            ],
+            serde_json::to_vec(&config)?.as_slice(),
+        )
+    }
+}

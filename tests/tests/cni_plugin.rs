@@ -1,0 +1,673 @@
+//! `genie-cni` as a container runtime runs it, with Debian's real plugins as delegates: a pod
+//! with three interfaces (bridge default network, bridge network, macvlan network) isolated on
+//! all of them; refusals with their own codes that change nothing; rollback of a failed
+//! attachment; ADD/DEL cycles that leave nothing behind; CHECK, VERSION, STATUS and GC.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use genie_agent::dataplane::PinnedMaps;
+use genie_tests::{
+    TestNode, Topology,
+    cni::{Runtime, Sandbox, invoke_raw},
+    node::genie_binary,
+    topology::Netns,
+    traffic::{NodeAt, ping, tcp_echo},
+};
+use serde_json::{Value, json};
+
+const OBJECTS: &str = r#"
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: green}
+spec:
+  namespaces: [green]
+  quota: {endpoints: 1}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-a}
+spec:
+  tenant: red
+  subnet: 198.18.10.0/24
+  plugin: {type: bridge, bridge: gbr-a, isGateway: true}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-b}
+spec:
+  tenant: red
+  subnet: 198.18.11.0/24
+  plugin: {type: macvlan, master: up0, mode: bridge}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-broken}
+spec:
+  tenant: red
+  subnet: 198.18.12.0/24
+  plugin: {type: macvlan, master: no-such-nic, mode: bridge}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  namespace: red
+  annotations: {genie.dev/networks: "red-a, red-b"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: q
+  namespace: red
+  annotations: {k8s.v1.cni.cncf.io/networks: "red-a@eth1, red-b@eth2"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bad-annotation
+  namespace: red
+  annotations: {k8s.v1.cni.cncf.io/networks: "[{\"name\": "}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: unknown-network
+  namespace: red
+  annotations: {genie.dev/networks: "red-a, no-such-network"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: steals
+  namespace: blue
+  annotations: {genie.dev/networks: "red-a"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: repeated
+  namespace: red
+  annotations: {networks: "red-a@eth1 red-b@eth1"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fails-second
+  namespace: red
+  annotations: {genie.dev/networks: "red-broken"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cycles
+  namespace: red
+  annotations: {genie.dev/networks: "red-a, red-b"}
+"#;
+
+/// The subnet of the cluster default network (the runtime's own delegate configuration).
+const DEFAULT_SUBNET: &str = "198.18.20.0/24";
+
+/// A node with genie's agent, the uplink `up0` (a veth whose far end `ext0` sits in an
+/// "outside" namespace at 198.19.0.1) and a runtime configured for genie-cni.
+struct CniNode {
+    node: TestNode,
+    ext: Netns,
+    runtime: Runtime,
+}
+
+impl CniNode {
+    fn new() -> Self {
+        let topo = Topology::new().unwrap();
+        let ext = Netns::create(format!("{}-ext", topo.base()), false).unwrap();
+        topo.node()
+            .ip(&[
+                "link",
+                "add",
+                "up0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ext0",
+                "netns",
+                ext.name(),
+            ])
+            .unwrap();
+        topo.node().ip(&["link", "set", "up0", "up"]).unwrap();
+        ext.ip(&["addr", "add", "198.19.0.1/24", "dev", "ext0"])
+            .unwrap();
+        ext.ip(&["link", "set", "ext0", "up"]).unwrap();
+        ext.ip(&["route", "add", "198.18.11.0/24", "dev", "ext0"])
+            .unwrap();
+        let node = TestNode::new(topo, OBJECTS).unwrap();
+        node.spawn_agent().unwrap();
+        let runtime = Runtime::new(
+            &node,
+            json!({
+                "type": "bridge",
+                "bridge": "gbr-def",
+                "isGateway": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": DEFAULT_SUBNET}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            }),
+        );
+        Self { node, ext, runtime }
+    }
+
+    fn pod_netns(&self, label: &str) -> Netns {
+        Netns::create(format!("{}-{label}", self.node.topo.base()), false).unwrap()
+    }
+
+    /// What genie and the delegates hold on the node: links, leases, cache records, endpoint
+    /// registrations and map entries.
+    fn footprint(&self) -> Footprint {
+        let state = self.node.state_dir();
+        let maps = PinnedMaps::open(self.node.bpffs())
+            .unwrap()
+            .read_state()
+            .unwrap();
+        // The bridge plugin creates a network's bridge on first use and keeps it, shared by the
+        // network's pods (as under any runtime): per-pod links are what must not stay.
+        let mut node_links = link_names(self.node.topo.node());
+        node_links.retain(|l| !l.starts_with("gbr-"));
+        Footprint {
+            node_links,
+            leases: files_under(&state.join("ipam"))
+                .into_iter()
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+                })
+                .collect(),
+            cache: files_under(&state.join("cni")),
+            endpoint_records: maps.endpoints.len(),
+            address_records: maps.addrs.len(),
+            pinned_links: files_under(&self.node.bpffs().join("links")),
+        }
+    }
+
+    /// `genie inspect attachments --json`: every container's network status.
+    fn attachments(&self) -> Value {
+        let out = Command::new(genie_binary())
+            .args(["inspect", "attachments", "--json", "--state-dir"])
+            .arg(self.node.state_dir())
+            .arg("--bpffs")
+            .arg(self.node.bpffs())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The network status of one pod, by interface.
+    fn network_status(&self, pod: &str) -> BTreeMap<String, Value> {
+        let all = self.attachments();
+        let container = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["pod"] == pod)
+            .unwrap_or_else(|| panic!("no attachments for {pod}: {all}"));
+        container["networkStatus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["interface"].as_str().unwrap().to_owned(), s.clone()))
+            .collect()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Footprint {
+    node_links: Vec<String>,
+    leases: Vec<PathBuf>,
+    cache: Vec<PathBuf>,
+    endpoint_records: usize,
+    address_records: usize,
+    pinned_links: Vec<PathBuf>,
+}
+
+fn link_names(ns: &Netns) -> Vec<String> {
+    let out = ns.ip(&["-o", "link", "show"]).unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn ipv4_of(status: &Value) -> Ipv4Addr {
+    status["ips"][0].as_str().unwrap().parse().unwrap()
+}
+
+fn in_subnet(ip: Ipv4Addr, subnet: &str) -> bool {
+    subnet.parse::<ipnet::Ipv4Net>().unwrap().contains(&ip)
+}
+
+fn sandbox(id: &str, namespace: &str, pod: &str, netns: &Netns) -> Sandbox {
+    Sandbox::new(id, namespace, pod, &netns.path())
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn a_pod_with_three_interfaces_is_isolated_on_every_one() {
+    let n = CniNode::new();
+    let before = n.footprint();
+    let (p_ns, q_ns, x_ns) = (n.pod_netns("p"), n.pod_netns("q"), n.pod_netns("x"));
+
+    let result = n
+        .runtime
+        .call("ADD", &sandbox("cafe0001", "red", "p", &p_ns))
+        .unwrap()
+        .expect_ok("ADD p");
+    n.runtime
+        .call("ADD", &sandbox("cafe0002", "red", "q", &q_ns))
+        .unwrap()
+        .expect_ok("ADD q");
+    n.runtime
+        .call("ADD", &sandbox("cafe0003", "blue", "x", &x_ns))
+        .unwrap()
+        .expect_ok("ADD x");
+
+    // The runtime gets the default network's result, in its own version.
+    assert_eq!(result["cniVersion"], "1.1.0", "{result}");
+    let eth0: Ipv4Addr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(in_subnet(eth0, DEFAULT_SUBNET), "{result}");
+
+    // Names, addresses inside each subnet, one default route, the network status.
+    let mut pod_links = link_names(&p_ns);
+    pod_links.retain(|l| l != "lo");
+    assert_eq!(pod_links, ["eth0", "eth1", "eth2"]);
+    let p = n.network_status("p");
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert_eq!(
+        (p["eth0"]["name"].as_str(), p["eth0"]["default"].as_bool()),
+        (Some("genie"), Some(true))
+    );
+    assert_eq!(
+        (p["eth1"]["name"].as_str(), p["eth1"]["default"].as_bool()),
+        (Some("red-a"), Some(false))
+    );
+    assert_eq!(
+        (p["eth2"]["name"].as_str(), p["eth2"]["default"].as_bool()),
+        (Some("red-b"), Some(false))
+    );
+    assert_eq!(ipv4_of(&p["eth0"]), eth0);
+    assert!(in_subnet(ipv4_of(&p["eth1"]), "198.18.10.0/24"), "{p:?}");
+    assert!(in_subnet(ipv4_of(&p["eth2"]), "198.18.11.0/24"), "{p:?}");
+    for (ifname, status) in &p {
+        let shown = String::from_utf8_lossy(
+            &p_ns
+                .ip(&["-o", "addr", "show", "dev", ifname])
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        assert!(
+            shown.contains(&format!("{}/", ipv4_of(status))),
+            "{ifname}: {shown}"
+        );
+    }
+    let routes = String::from_utf8_lossy(&p_ns.ip(&["route", "show", "default"]).unwrap().stdout)
+        .into_owned();
+    assert_eq!(
+        routes.lines().count(),
+        1,
+        "exactly one default route: {routes}"
+    );
+    assert!(routes.contains("dev eth0"), "{routes}");
+    // genie attached the bridge networks on the host side, the macvlan inside the pod.
+    let endpoints = n.node.call(&genie_agent::api::Request::Endpoints).unwrap();
+    let sides: BTreeMap<String, String> = endpoints
+        .endpoints
+        .unwrap()
+        .iter()
+        .filter(|e| e.request.pod == "p")
+        .map(|e| (e.request.interface.clone(), format!("{:?}", e.request.side)))
+        .collect();
+    assert_eq!(
+        sides,
+        BTreeMap::from([
+            ("eth0".to_owned(), "Host".to_owned()),
+            ("eth1".to_owned(), "Host".to_owned()),
+            ("eth2".to_owned(), "InPod".to_owned())
+        ])
+    );
+
+    // Traffic on every interface.
+    let q = n.network_status("q");
+    let x = n.network_status("x");
+    let p0 = NodeAt {
+        netns: &p_ns,
+        ipv4: ipv4_of(&p["eth0"]),
+    };
+    let p1 = NodeAt {
+        netns: &p_ns,
+        ipv4: ipv4_of(&p["eth1"]),
+    };
+    let p2 = NodeAt {
+        netns: &p_ns,
+        ipv4: ipv4_of(&p["eth2"]),
+    };
+    let q0 = NodeAt {
+        netns: &q_ns,
+        ipv4: ipv4_of(&q["eth0"]),
+    };
+    let q1 = NodeAt {
+        netns: &q_ns,
+        ipv4: ipv4_of(&q["eth1"]),
+    };
+    let q2 = NodeAt {
+        netns: &q_ns,
+        ipv4: ipv4_of(&q["eth2"]),
+    };
+    let x0 = NodeAt {
+        netns: &x_ns,
+        ipv4: ipv4_of(&x["eth0"]),
+    };
+    let ext = NodeAt {
+        netns: &n.ext,
+        ipv4: Ipv4Addr::new(198, 19, 0, 1),
+    };
+    p_ns.ip(&["route", "add", "198.19.0.0/24", "dev", "eth2"])
+        .unwrap();
+    // eth0, the default network: same tenant passes, the other tenant does not.
+    assert!(
+        tcp_echo(&q0, &p0, 7001).unwrap(),
+        "red → red on the default network"
+    );
+    assert!(
+        !tcp_echo(&x0, &p0, 7002).unwrap(),
+        "blue → red on the default network"
+    );
+    assert!(
+        !tcp_echo(&p0, &x0, 7003).unwrap(),
+        "red → blue on the default network"
+    );
+    // eth1, a bridge network: peers pass, the node (HOST) is closed to it.
+    assert!(tcp_echo(&q1, &p1, 7004).unwrap(), "red-a → red-a");
+    assert_eq!(
+        ping(&p1, Ipv4Addr::new(198, 18, 10, 1), 3).unwrap(),
+        0,
+        "red-a → node"
+    );
+    // eth2, macvlan with genie inside the pod: peers pass; the outside may be reached but
+    // may not open flows in.
+    assert!(
+        tcp_echo(&q2, &p2, 7005).unwrap(),
+        "red-b → red-b over macvlan"
+    );
+    assert!(tcp_echo(&p2, &ext, 7006).unwrap(), "red-b → outside");
+    assert!(!tcp_echo(&ext, &p2, 7007).unwrap(), "outside → red-b");
+
+    // CHECK passes, then fails once genie's program is detached by hand.
+    n.runtime
+        .call("CHECK", &sandbox("cafe0001", "red", "p", &p_ns))
+        .unwrap()
+        .expect_ok("CHECK p");
+    let p_eth2 = endpoints_of(&n, "p", "eth2");
+    let pin = n
+        .node
+        .bpffs()
+        .join("links")
+        .join(format!("ep{p_eth2}_egress"));
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(&pin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool link detach: {out:?}");
+    let check = n
+        .runtime
+        .call("CHECK", &sandbox("cafe0001", "red", "p", &p_ns))
+        .unwrap();
+    assert_eq!(check.error_code(), Some(112), "{}", check.raw);
+    assert!(
+        check.stdout["msg"].as_str().unwrap().contains("eth2"),
+        "{}",
+        check.raw
+    );
+
+    // DEL everything: the node is as it was.
+    for (id, ns, pod, netns) in [
+        ("cafe0001", "red", "p", &p_ns),
+        ("cafe0002", "red", "q", &q_ns),
+        ("cafe0003", "blue", "x", &x_ns),
+    ] {
+        n.runtime
+            .call("DEL", &sandbox(id, ns, pod, netns))
+            .unwrap()
+            .expect_ok("DEL");
+    }
+    assert_eq!(n.footprint(), before);
+    assert_eq!(link_names(&p_ns), ["lo"]);
+}
+
+fn endpoints_of(n: &CniNode, pod: &str, interface: &str) -> u32 {
+    n.node
+        .call(&genie_agent::api::Request::Endpoints)
+        .unwrap()
+        .endpoints
+        .unwrap()
+        .iter()
+        .find(|e| e.request.pod == pod && e.request.interface == interface)
+        .map(|e| e.id)
+        .unwrap_or_else(|| panic!("no endpoint {pod} {interface}"))
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn refusals_have_their_own_codes_and_change_nothing() {
+    let n = CniNode::new();
+    let ns = n.pod_netns("r");
+    let before = n.footprint();
+    let add = |namespace: &str, pod: &str| {
+        n.runtime
+            .call("ADD", &sandbox("beef0001", namespace, pod, &ns))
+            .unwrap()
+    };
+    for (namespace, pod, code, names) in [
+        ("red", "bad-annotation", 100, "k8s.v1.cni.cncf.io/networks"),
+        ("red", "unknown-network", 101, "no-such-network"),
+        ("blue", "steals", 102, "tenant \"red\""),
+        ("red", "repeated", 104, "eth1"),
+    ] {
+        let outcome = add(namespace, pod);
+        assert_eq!(outcome.error_code(), Some(code), "{pod}: {}", outcome.raw);
+        let text = format!(
+            "{} {}",
+            outcome.stdout["msg"].as_str().unwrap_or_default(),
+            outcome.stdout["details"].as_str().unwrap_or_default()
+        );
+        assert!(text.contains(names), "{pod}: {text}");
+        assert_eq!(n.footprint(), before, "{pod} changed something");
+        assert_eq!(link_names(&ns), ["lo"], "{pod}");
+    }
+
+    // Quota: green may have one endpoint.
+    let g1 = n.pod_netns("g1");
+    n.runtime
+        .call("ADD", &sandbox("beef0002", "green", "g1", &g1))
+        .unwrap()
+        .expect_ok("ADD g1");
+    let with_g1 = n.footprint();
+    let outcome = add("green", "g2");
+    assert_eq!(outcome.error_code(), Some(103), "{}", outcome.raw);
+    assert!(outcome.stdout["msg"].as_str().unwrap().contains("quota"));
+    assert_eq!(n.footprint(), with_g1);
+    n.runtime
+        .call("DEL", &sandbox("beef0002", "green", "g1", &g1))
+        .unwrap()
+        .expect_ok("DEL g1");
+
+    // A delegate failing on the second attachment: the first one is undone.
+    let outcome = add("red", "fails-second");
+    assert!(outcome.error_code().is_some(), "{}", outcome.raw);
+    assert!(
+        outcome.stdout["msg"]
+            .as_str()
+            .unwrap()
+            .contains("red-broken"),
+        "{}",
+        outcome.raw
+    );
+    assert_eq!(n.footprint(), before, "the failed ADD left something");
+    assert_eq!(link_names(&ns), ["lo"]);
+
+    // Bad environment and undecodable configuration: codes 4 and 6, naming what is wrong.
+    let config = serde_json::to_vec(&n.runtime.config).unwrap();
+    let outcome = invoke_raw(
+        &[
+            ("CNI_COMMAND", "ADD".to_owned()),
+            ("CNI_CONTAINERID", "beef0003".to_owned()),
+            ("CNI_NETNS", ns.path().display().to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_owned()),
+        ],
+        &config,
+    )
+    .unwrap();
+    assert_eq!(outcome.error_code(), Some(4), "{}", outcome.raw);
+    assert_eq!(outcome.stdout["details"], "CNI_IFNAME");
+    let outcome = invoke_raw(
+        &[
+            ("CNI_COMMAND", "ADD".to_owned()),
+            ("CNI_CONTAINERID", "beef0003".to_owned()),
+            ("CNI_NETNS", ns.path().display().to_string()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_PATH", "/usr/lib/cni".to_owned()),
+        ],
+        b"{\"cniVersion\": \"1.1.0\", \"name\": ",
+    )
+    .unwrap();
+    assert_eq!(outcome.error_code(), Some(6), "{}", outcome.raw);
+    assert_eq!(n.footprint(), before);
+
+    // VERSION lists what genie speaks.
+    let version = n
+        .runtime
+        .call_plugin("VERSION", json!({}))
+        .unwrap()
+        .expect_ok("VERSION");
+    assert_eq!(
+        version["supportedVersions"],
+        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+    n.runtime
+        .call_plugin("STATUS", json!({}))
+        .unwrap()
+        .expect_ok("STATUS");
+
+    // Agent down: ADD fails with 11, STATUS with 50, and nothing is created.
+    n.node.kill_agent().unwrap();
+    let outcome = n
+        .runtime
+        .call("ADD", &sandbox("beef0004", "red", "p", &ns))
+        .unwrap();
+    assert_eq!(outcome.error_code(), Some(11), "{}", outcome.raw);
+    assert_eq!(link_names(&ns), ["lo"]);
+    assert_eq!(n.footprint(), before);
+    let outcome = n.runtime.call_plugin("STATUS", json!({})).unwrap();
+    assert_eq!(outcome.error_code(), Some(50), "{}", outcome.raw);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn add_del_cycles_leave_nothing_behind() {
+    let n = CniNode::new();
+    let before = n.footprint();
+    for cycle in 0..200u32 {
+        let ns = n.pod_netns(&format!("c{cycle}"));
+        let id = format!("c0de{cycle:04}");
+        let sb = sandbox(&id, "red", "cycles", &ns);
+        n.runtime
+            .call("ADD", &sb)
+            .unwrap()
+            .expect_ok(&format!("ADD in cycle {cycle}"));
+        if cycle % 5 == 0 {
+            // The runtime deleted the namespace before DEL.
+            drop(ns);
+        }
+        let repeats = if cycle % 3 == 0 { 2 } else { 1 };
+        for _ in 0..repeats {
+            n.runtime
+                .call("DEL", &sb)
+                .unwrap()
+                .expect_ok(&format!("DEL in cycle {cycle}"));
+        }
+    }
+    assert_eq!(n.footprint(), before);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn gc_removes_attachments_the_runtime_no_longer_has() {
+    let n = CniNode::new();
+    let before = n.footprint();
+    let (a, b) = (n.pod_netns("a"), n.pod_netns("b"));
+    n.runtime
+        .call("ADD", &sandbox("aaaa0001", "red", "p", &a))
+        .unwrap()
+        .expect_ok("ADD a");
+    let with_a = n.footprint();
+    n.runtime
+        .call("ADD", &sandbox("bbbb0001", "red", "q", &b))
+        .unwrap()
+        .expect_ok("ADD b");
+    n.runtime
+        .call_plugin(
+            "GC",
+            json!({"cni.dev/valid-attachments": [{"containerID": "aaaa0001", "ifname": "eth0"}]}),
+        )
+        .unwrap()
+        .expect_ok("GC");
+    assert_eq!(n.footprint(), with_a, "GC removed exactly b");
+    assert_eq!(link_names(&b), ["lo"]);
+    n.runtime
+        .call_plugin("GC", json!({"cni.dev/valid-attachments": []}))
+        .unwrap()
+        .expect_ok("GC all");
+    assert_eq!(n.footprint(), before);
+}
