@@ -11,7 +11,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use crate::node::{TestNode, genie_binary};
+use crate::{
+    Topology,
+    node::{TestNode, genie_binary},
+    topology::Netns,
+};
 
 /// Where Debian's `containernetworking-plugins` installs the plugins.
 pub const DEBIAN_CNI_PATH: &str = "/usr/lib/cni";
@@ -162,4 +166,43 @@ impl Runtime {
             serde_json::to_vec(&config)?.as_slice(),
         )
     }
+}
+
+/// Gives the node an uplink for macvlan networks: `up0`, a veth whose far end `ext0` sits in a
+/// namespace standing for the outside network, at 198.19.0.1/24, with a route back to
+/// `routed` (a macvlan network's subnet).
+pub fn add_uplink(topo: &Topology, routed: &str) -> Result<Netns> {
+    let ext = Netns::create(format!("{}-ext", topo.base()), false)?;
+    topo.node().ip(&[
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ext0",
+        "netns",
+        ext.name(),
+    ])?;
+    topo.node().ip(&["link", "set", "up0", "up"])?;
+    ext.ip(&["addr", "add", "198.19.0.1/24", "dev", "ext0"])?;
+    ext.ip(&["link", "set", "ext0", "up"])?;
+    ext.ip(&["route", "add", routed, "dev", "ext0"])?;
+    Ok(ext)
+}
+
+/// The cluster default network's delegate as a runtime's genie configuration carries it: a
+/// bridge `gbr-def` with host-local addresses from `subnet` and the default route.
+pub fn default_network(subnet: &str) -> Value {
+    json!({
+        "type": "bridge",
+        "bridge": "gbr-def",
+        "isGateway": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+        },
+    })
 }

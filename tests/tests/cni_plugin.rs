@@ -14,7 +14,7 @@ use std::{
 use genie_agent::dataplane::PinnedMaps;
 use genie_tests::{
     TestNode, Topology,
-    cni::{Runtime, Sandbox, invoke_raw},
+    cni::{Runtime, Sandbox, add_uplink, default_network, invoke_raw},
     node::genie_binary,
     topology::Netns,
     traffic::{NodeAt, ping, tcp_echo},
@@ -134,42 +134,10 @@ struct CniNode {
 impl CniNode {
     fn new() -> Self {
         let topo = Topology::new().unwrap();
-        let ext = Netns::create(format!("{}-ext", topo.base()), false).unwrap();
-        topo.node()
-            .ip(&[
-                "link",
-                "add",
-                "up0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ext0",
-                "netns",
-                ext.name(),
-            ])
-            .unwrap();
-        topo.node().ip(&["link", "set", "up0", "up"]).unwrap();
-        ext.ip(&["addr", "add", "198.19.0.1/24", "dev", "ext0"])
-            .unwrap();
-        ext.ip(&["link", "set", "ext0", "up"]).unwrap();
-        ext.ip(&["route", "add", "198.18.11.0/24", "dev", "ext0"])
-            .unwrap();
+        let ext = add_uplink(&topo, "198.18.11.0/24").unwrap();
         let node = TestNode::new(topo, OBJECTS).unwrap();
         node.spawn_agent().unwrap();
-        let runtime = Runtime::new(
-            &node,
-            json!({
-                "type": "bridge",
-                "bridge": "gbr-def",
-                "isGateway": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": DEFAULT_SUBNET}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                },
-            }),
-        );
+        let runtime = Runtime::new(&node, default_network(DEFAULT_SUBNET));
         Self { node, ext, runtime }
     }
 

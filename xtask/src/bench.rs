@@ -16,6 +16,9 @@ pub enum Benchmark {
     /// In-kernel cost per packet (BPF_PROG_TEST_RUN) at small and large map sizes, next to a
     /// pass-through program.
     Datapath,
+    /// ADD and DEL latency of genie-cni for pods with 1, 2 and 3 interfaces, next to the same
+    /// delegates run directly.
+    Cni,
 }
 
 #[derive(Debug, Args)]
@@ -44,10 +47,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "genie-tests",
         "--bin",
         "genie-bench",
+        "--package",
+        "genie-agent",
+        "--bins",
     ]))?;
     let target = xtask::toolchain::target_dir(&root);
     let name = match args.which {
         Benchmark::Datapath => "datapath",
+        Benchmark::Cni => "cni",
     };
     run(Command::new(target.join("release/genie-bench")).arg(name))
 }

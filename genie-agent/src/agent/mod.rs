@@ -400,10 +400,20 @@ impl Agent {
     /// Detaches and forgets the endpoint `id`: its programs first (nothing runs with a missing
     /// record), then its map entries. Removing one that does not exist succeeds.
     pub fn remove_endpoint_id(&mut self, id: u32) -> Result<Option<Endpoint>, AgentError> {
+        if self.registry.get(id).is_none() {
+            return Ok(None);
+        }
+        self.dataplane.detach(id)?;
+        self.forget_endpoint(id)
+    }
+
+    /// Forgets the endpoint `id` and removes its map entries, leaving its programs attached:
+    /// without a record they drop everything on the interface until
+    /// [`Agent::release_links`]. Forgetting one that does not exist succeeds.
+    pub fn forget_endpoint(&mut self, id: u32) -> Result<Option<Endpoint>, AgentError> {
         let Some(endpoint) = self.registry.get(id).cloned() else {
             return Ok(None);
         };
-        self.dataplane.detach(endpoint.id)?;
         self.registry
             .remove(endpoint.id)
             .map_err(|source| AgentError::Registry {
@@ -417,6 +427,11 @@ impl Agent {
         }
         info!(endpoint = endpoint.id, pod = %endpoint.request.pod, namespace = %endpoint.request.namespace, interface = %endpoint.request.interface, "endpoint removed");
         Ok(Some(endpoint))
+    }
+
+    /// Detaches and unpins the links of endpoint `id` (idempotent).
+    pub fn release_links(&mut self, id: u32) -> Result<(), AgentError> {
+        Ok(self.dataplane.detach(id)?)
     }
 
     /// A registered endpoint.

@@ -383,18 +383,20 @@ impl CniHandler {
         }
     }
 
-    /// Undoes a container's attachments in reverse: endpoint first (its programs and map
-    /// entries), then the delegate's DEL with its cached result. Progress is written after
-    /// each step, so an interrupted teardown resumes where it stopped.
+    /// Undoes a container's attachments in reverse. Per attachment: the endpoint's record and
+    /// addresses leave the maps first (its programs, still attached, now drop everything on
+    /// the interface), then the delegate's DEL with its cached result removes the interface,
+    /// then genie's links are released. Detaching a TCX link from a live interface waits for an
+    /// RCU grace period; once the delegate removed the interface the links are defunct and
+    /// release at no cost. Progress is written after each attachment, so an interrupted
+    /// teardown resumes where it stopped.
     fn teardown(&self, agent: &Mutex<Agent>, record: &mut CachedContainer) -> Result<(), CniError> {
         while let Some(attachment) = record.attachments.last().cloned() {
             let label = attachment_label(&attachment);
             if let Some(id) = attachment.endpoint {
                 lock(agent)
-                    .remove_endpoint_id(id)
+                    .forget_endpoint(id)
                     .map_err(|e| agent_error(&label, e))?;
-                record.attachments.last_mut().expect("not empty").endpoint = None;
-                self.cache.store(record).map_err(io_error)?;
             }
             let invocation = self.invocation(record, &attachment.ifname);
             let prev = (!attachment.result.is_null()).then_some(&attachment.result);
@@ -407,6 +409,11 @@ impl CniHandler {
                     warn!(container = %record.container_id, attachment = %label, error = %e, "DEL of an attachment whose ADD failed also failed; moving on");
                 }
                 Err(e) => return Err(delegate_error(&label, e)),
+            }
+            if let Some(id) = attachment.endpoint {
+                lock(agent)
+                    .release_links(id)
+                    .map_err(|e| agent_error(&label, e))?;
             }
             record.attachments.pop();
             self.cache.store(record).map_err(io_error)?;

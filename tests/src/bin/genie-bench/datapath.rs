@@ -1,5 +1,5 @@
-//! The benchmarks behind `cargo xtask bench`. Each compares genie with a baseline measured in
-//! the same run and reports ratios; nothing here asserts a timing.
+//! `cargo xtask bench datapath`: the programs' cost per packet through `BPF_PROG_TEST_RUN`, at
+//! small and large map sizes, next to a pass-through program.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -34,14 +34,6 @@ const NEW_FLOWS: u32 = 200_000;
 const POD: u32 = 1000;
 const PEER: u32 = 1001;
 const STRANGER: u32 = 1002;
-
-fn main() -> Result<()> {
-    let which = std::env::args().nth(1).unwrap_or_default();
-    match which.as_str() {
-        "datapath" => datapath(),
-        other => bail!("unknown benchmark {other:?} (available: datapath)"),
-    }
-}
 
 /// How many times each loop is measured in a row; the median is kept.
 const ROUNDS: usize = 3;
@@ -226,7 +218,7 @@ struct Row {
     denied: f64,
 }
 
-fn datapath() -> Result<()> {
+pub fn run() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark loads eBPF programs: run it as root (cargo xtask bench datapath)");
     }
