@@ -9,7 +9,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use genie_common::maps::in_pod_endpoint_key;
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::AttachSide;
@@ -50,6 +49,9 @@ pub struct Endpoint {
     pub request: EndpointRequest,
     /// Index of `host_interface` inside `netns` when it was attached.
     pub ifindex: u32,
+    /// The key of an in-pod endpoint's own program instance (0 on the host side).
+    #[serde(default)]
+    pub pod_key: u32,
 }
 
 impl Endpoint {
@@ -67,7 +69,7 @@ impl Endpoint {
     pub fn map_key(&self) -> u32 {
         match self.request.side {
             AttachSide::Host => self.ifindex,
-            AttachSide::InPod => in_pod_endpoint_key(self.id),
+            AttachSide::InPod => self.pod_key,
         }
     }
 

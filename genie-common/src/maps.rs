@@ -8,7 +8,7 @@
 use crate::reason::{Direction, Reason};
 
 /// Endpoint records, keyed by the interface index the programs run on, or by an in-pod key
-/// (see [`in_pod_endpoint_key`]).
+/// (see [`in_pod_key`]).
 pub const ENDPOINTS_MAP: &str = "genie_endpoints";
 /// Exact addresses (/32, /128) of endpoints and cluster DNS → identity. A hash, not an LPM:
 /// its cost does not grow with the number of pods (REFERENCE.md, Cilium's ipcache numbers).
@@ -51,9 +51,10 @@ pub const IN_POD_KEY_BIT: u32 = 1 << 31;
 
 /// The endpoints-map key of an endpoint whose programs run inside the pod's namespace
 /// (interfaces without a host side, such as macvlan). Interface indexes are unique only within
-/// one namespace, so these endpoints get their own program instance carrying this key.
-pub const fn in_pod_endpoint_key(endpoint_id: u32) -> u32 {
-    IN_POD_KEY_BIT | endpoint_id
+/// one namespace, so these endpoints get their own program instance carrying this key; the
+/// agent allocates the slots.
+pub const fn in_pod_key(slot: u32) -> u32 {
+    IN_POD_KEY_BIT | slot
 }
 
 /// Capacity of [`ENDPOINTS_MAP`]: pod interfaces on one node.

@@ -345,6 +345,10 @@ fn a_pod_with_three_interfaces_is_isolated_on_every_one() {
         ])
     );
 
+    // A restarted agent adopts all three, the in-pod one with its own program instance.
+    n.node.kill_agent().unwrap();
+    n.node.spawn_agent().unwrap();
+
     // Traffic on every interface.
     let q = n.network_status("q");
     let x = n.network_status("x");

@@ -19,7 +19,7 @@ pub use cni::PlannedAttachment;
 
 use crate::{
     cni::spec::validate_ifname,
-    dataplane::{ApplyStats, AttachSide, Dataplane, DataplaneError, PinnedMaps},
+    dataplane::{ApplyStats, AttachSide, Dataplane, DataplaneError, PinnedMaps, PodInstance},
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
     model::{self, Model, ModelError, check_name},
     reconcile::{DesiredState, NodeInfo, desired_state},
@@ -126,6 +126,8 @@ impl Agent {
             node: None,
         };
         agent.readopt_endpoints()?;
+        let used_keys: Vec<u32> = agent.registry.all().map(|e| e.pod_key).collect();
+        agent.dataplane.start_pod_pool(used_keys);
         agent.reload_config();
         Ok(agent)
     }
@@ -135,12 +137,19 @@ impl Agent {
     fn readopt_endpoints(&mut self) -> Result<(), AgentError> {
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
         for ep in endpoints {
-            match self.dataplane.attach(
-                &ep.request.netns,
-                &ep.request.host_interface,
-                ep.id,
-                ep.request.side,
-            ) {
+            let attached = match ep.request.side {
+                AttachSide::Host => Ok(None),
+                AttachSide::InPod => self.dataplane.pod_instance(ep.pod_key).map(Some),
+            }
+            .and_then(|instance| {
+                self.dataplane.attach(
+                    &ep.request.netns,
+                    &ep.request.host_interface,
+                    ep.id,
+                    instance,
+                )
+            });
+            match attached {
                 Ok(ifindex) if ifindex == ep.ifindex => {}
                 Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
                     warn!(endpoint = ep.id, pod = %ep.request.pod, "interface is gone or was replaced; forgetting the endpoint");
@@ -350,10 +359,17 @@ impl Agent {
                 ),
             ));
         }
+        // An in-pod endpoint's record is keyed by its program instance's key: take the
+        // instance first.
+        let pod_instance = match request.side {
+            AttachSide::Host => None,
+            AttachSide::InPod => Some(self.dataplane.take_pod_instance()?),
+        };
         let endpoint = Endpoint {
             id: self.registry.next_id(),
             request,
             ifindex,
+            pod_key: pod_instance.as_ref().map_or(0, PodInstance::key),
         };
         self.registry
             .insert(endpoint.clone())
@@ -370,7 +386,7 @@ impl Agent {
                     &endpoint.request.netns,
                     &endpoint.request.host_interface,
                     endpoint.id,
-                    endpoint.request.side,
+                    pod_instance,
                 )
                 .map_err(AgentError::from)
         });

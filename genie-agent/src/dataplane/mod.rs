@@ -10,6 +10,7 @@ pub mod bpffs;
 mod counters;
 mod error;
 pub mod maps;
+mod pod_pool;
 mod sys;
 
 use std::{
@@ -30,9 +31,11 @@ pub use counters::{CounterRow, read_counters};
 pub use error::DataplaneError;
 use genie_common::{
     Direction,
-    maps::{ALL_MAPS, ENDPOINT_KEY_GLOBAL, in_pod_endpoint_key},
+    maps::{ALL_MAPS, ENDPOINT_KEY_GLOBAL, in_pod_key},
 };
 pub use maps::{ApplyStats, PinnedMaps};
+pub use pod_pool::PodInstance;
+use pod_pool::PodPool;
 
 use crate::{EBPF_OBJECT, netns};
 
@@ -62,8 +65,8 @@ struct EndpointAttachment {
 pub struct Dataplane {
     /// The shared instance: keyed by interface index, attached on host sides.
     ebpf: Ebpf,
-    /// The object, for in-pod instances.
-    object: Vec<u8>,
+    /// Instances for in-pod endpoints.
+    pod_pool: PodPool,
     bpffs: PathBuf,
 }
 
@@ -108,9 +111,28 @@ impl Dataplane {
         )?;
         Ok(Self {
             ebpf,
-            object: object.to_vec(),
+            pod_pool: PodPool::new(bpffs.to_owned(), object.to_vec(), 1),
             bpffs: bpffs.to_owned(),
         })
+    }
+
+    /// Starts loading in-pod program instances ahead of need, with slots past `used_keys`.
+    pub fn start_pod_pool(&mut self, used_keys: impl IntoIterator<Item = u32>) {
+        for key in used_keys {
+            self.pod_pool.reserve(key & !in_pod_key(0));
+        }
+        self.pod_pool.start();
+    }
+
+    /// A program instance for a new in-pod endpoint (its key goes into the endpoint record
+    /// before the instance is attached).
+    pub fn take_pod_instance(&self) -> Result<PodInstance, DataplaneError> {
+        self.pod_pool.take()
+    }
+
+    /// A program instance for an in-pod endpoint registered with `key`.
+    pub fn pod_instance(&self, key: u32) -> Result<PodInstance, DataplaneError> {
+        self.pod_pool.with_key(key)
     }
 
     /// The bpffs directory this dataplane pins under.
@@ -135,14 +157,14 @@ impl Dataplane {
     /// restart): the interface is never without genie's program. Returns the interface index.
     ///
     /// The endpoint record must be in the maps first (see [`PinnedMaps::apply`]); until it is,
-    /// the programs drop everything on the interface. In-pod endpoints get a program instance
-    /// of their own that carries their key ([`genie_common::maps::in_pod_endpoint_key`]).
+    /// the programs drop everything on the interface. An in-pod endpoint passes its own program
+    /// instance ([`Dataplane::take_pod_instance`]); host-side ones share the dataplane's.
     pub fn attach(
         &mut self,
         netns: &Path,
         ifname: &str,
         endpoint_id: u32,
-        side: AttachSide,
+        pod_instance: Option<PodInstance>,
     ) -> Result<u32, DataplaneError> {
         let ifindex = interface_index(netns, ifname)?;
         let ep = EndpointAttachment {
@@ -150,18 +172,10 @@ impl Dataplane {
             ifname: ifname.to_owned(),
             endpoint_id,
         };
-        let mut own_instance;
-        let ebpf = match side {
-            AttachSide::Host => &mut self.ebpf,
-            AttachSide::InPod => {
-                own_instance = load_instance(
-                    &self.bpffs,
-                    &self.object,
-                    in_pod_endpoint_key(endpoint_id),
-                    &[FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM],
-                )?;
-                &mut own_instance
-            }
+        let mut pod_instance = pod_instance;
+        let (ebpf, side) = match &mut pod_instance {
+            Some(instance) => (&mut instance.ebpf, AttachSide::InPod),
+            None => (&mut self.ebpf, AttachSide::Host),
         };
         for direction in Direction::ALL {
             attach_direction(ebpf, &self.bpffs, &ep, direction, side)?;

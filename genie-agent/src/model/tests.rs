@@ -281,4 +281,31 @@ fn the_example_directory_is_valid() {
     let model = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.logical.len(), 3);
     assert_eq!(model.logical["red-web"].isolation.peers[0].rules.len(), 3);
+    let web = &model.pods[&("red".to_owned(), "web-1".to_owned())];
+    let interfaces: Vec<(&str, &str)> = web
+        .attachments
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|a| (a.network.as_str(), a.interface.as_str()))
+        .collect();
+    assert_eq!(
+        interfaces,
+        [("default", "eth0"), ("red-web", "eth1"), ("red-db", "db0")]
+    );
+    assert!(
+        model.pods[&("blue".to_owned(), "api-1".to_owned())]
+            .attachments
+            .is_ok()
+    );
+}
+
+#[test]
+fn the_example_cni_configuration_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cni/10-genie.conf");
+    let bytes = std::fs::read(path).unwrap();
+    let conf = crate::cni::spec::parse_config(&bytes, crate::cni::spec::Command::Add).unwrap();
+    assert_eq!(conf.plugin_type, "genie-cni");
+    assert!(conf.default_network.is_some());
 }

@@ -50,6 +50,7 @@ fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
     Endpoint {
         id,
         ifindex: 100 + id,
+        pod_key: 0,
         request: EndpointRequest {
             pod: format!("pod{id}"),
             namespace: "red".to_owned(),
