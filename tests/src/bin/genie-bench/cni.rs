@@ -213,6 +213,7 @@ pub fn run() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&ipam_dir);
+    let (attach_ms, detach_ms) = tcx_hook_cost(&node)?;
     if std::env::var_os("GENIE_BENCH_AGENT_LOG").is_some() {
         eprintln!("{}", node.agent_log());
     }
@@ -237,6 +238,51 @@ pub fn run() -> Result<()> {
             (gd / dd - 1.0) * 100.0
         );
     }
+    println!(
+        "\nKernel floor, measured in the same run: attaching one TCX program takes {attach_ms:.1} ms and detaching it {detach_ms:.1} ms (median of {HOOK_ROUNDS}; each waits for an RCU grace period in `tcx_entry_sync`). genie puts two hooks on every interface, so ADD pays at least {:.1} ms and DEL at least {:.1} ms per interface in the kernel (DEL through the interface's removal).",
+        2.0 * attach_ms,
+        2.0 * detach_ms
+    );
     println!("\nGoal: overhead ≤ 10 ms per pod and ≤ 15 % over the delegates' own time.");
     Ok(())
+}
+
+/// Attach/detach pairs measured for the kernel floor.
+const HOOK_ROUNDS: usize = 20;
+
+/// The kernel's own cost of one TCX attach and one detach: the pass-through program on a veth
+/// in the node namespace, through aya, with no map or pin involved.
+fn tcx_hook_cost(node: &TestNode) -> Result<(f64, f64)> {
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+
+    let ns = node.topo.node();
+    ns.ip(&[
+        "link", "add", "hook0", "type", "veth", "peer", "name", "hook1",
+    ])?;
+    ns.ip(&["link", "set", "hook0", "up"])?;
+    let mut ebpf = aya::EbpfLoader::new()
+        .load(genie_agent::EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(genie_agent::dataplane::BENCH_PASS_PROGRAM)
+        .context("no pass-through program")?
+        .try_into()?;
+    program.load()?;
+    let (mut attach, mut detach) = (Vec::new(), Vec::new());
+    for _ in 0..HOOK_ROUNDS {
+        let started = Instant::now();
+        let link = genie_agent::netns::run_in(&ns.path(), || {
+            program.attach_with_options(
+                "hook0",
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+        })??;
+        attach.push(started.elapsed());
+        let started = Instant::now();
+        program.detach(link)?;
+        detach.push(started.elapsed());
+    }
+    ns.ip(&["link", "del", "hook0"])?;
+    Ok((median_ms(attach), median_ms(detach)))
 }
