@@ -643,3 +643,49 @@ fn gc_removes_attachments_the_runtime_no_longer_has() {
         .expect_ok("GC all");
     assert_eq!(n.footprint(), before);
 }
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn different_containers_attach_in_parallel_and_one_container_in_order() {
+    let n = CniNode::new();
+    let before = n.footprint();
+    let namespaces: Vec<Netns> = (0..6).map(|i| n.pod_netns(&format!("par{i}"))).collect();
+    let sandboxes: Vec<Sandbox> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| sandbox(&format!("par{i:04}"), "red", &format!("par{i}"), ns))
+        .collect();
+    let addresses: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .map(|sb| {
+                let runtime = &n.runtime;
+                scope.spawn(move || runtime.call("ADD", sb).unwrap().expect_ok("parallel ADD"))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap()["ips"][0]["address"].to_string())
+            .collect()
+    });
+    let mut distinct = addresses.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        6,
+        "every pod has its own address: {addresses:?}"
+    );
+    for (ns, sb) in namespaces.iter().zip(&sandboxes) {
+        n.runtime.call("CHECK", sb).unwrap().expect_ok("CHECK");
+        assert_eq!(link_names(ns), ["eth0", "lo"]);
+    }
+    // The same container from two callers at once: both DELs succeed, nothing is left.
+    std::thread::scope(|scope| {
+        for sb in sandboxes.iter().chain(&sandboxes) {
+            let runtime = &n.runtime;
+            scope.spawn(move || runtime.call("DEL", sb).unwrap().expect_ok("parallel DEL"));
+        }
+    });
+    assert_eq!(n.footprint(), before);
+}
