@@ -243,6 +243,7 @@ fn run_endpoint(what: EndpointCommand, socket: &std::path::Path) -> Result<()> {
                 pod_netns: None,
                 ips: a.ips,
                 mac: a.mac,
+                bandwidth: None,
             },
         },
         EndpointCommand::Remove {

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::AttachSide;
+use crate::{cni::annotations::BandwidthRequest, dataplane::AttachSide};
 
 /// What a caller asks for when registering an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,10 @@ pub struct EndpointRequest {
     /// The pod interface's MAC (anti-spoofing); absent disables the MAC check.
     #[serde(default)]
     pub mac: Option<String>,
+    /// The interface's own bandwidth limits (pod annotations, the runtime's bandwidth
+    /// capability); they take precedence over its network's.
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthRequest>,
 }
 
 /// A registered endpoint.

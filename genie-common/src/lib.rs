@@ -10,6 +10,7 @@ pub mod conntrack;
 pub mod identity;
 pub mod maps;
 pub mod policy;
+pub mod ratelimit;
 pub mod reason;
 #[cfg(any(feature = "user", test))]
 pub mod reference;

@@ -27,9 +27,11 @@ pub const CONFIG_MAP: &str = "genie_config";
 pub const COUNTERS_MAP: &str = "genie_counters";
 /// Per-CPU working memory of the programs (the parsed packet, its flow key); nothing to read.
 pub const SCRATCH_MAP: &str = "genie_scratch";
+/// Rate-limit buckets (bandwidth and QPS), keyed by [`crate::ratelimit::BucketKey`].
+pub const LIMITS_MAP: &str = "genie_limits";
 
 /// Every map the eBPF object defines, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     ENDPOINTS_MAP,
     ADDRS_MAP,
     CIDRS_MAP,
@@ -39,6 +41,7 @@ pub const ALL_MAPS: [&str; 9] = [
     CONFIG_MAP,
     COUNTERS_MAP,
     SCRATCH_MAP,
+    LIMITS_MAP,
 ];
 
 /// Name of the read-only global holding a program instance's fixed endpoint key; 0 means "key
@@ -73,6 +76,8 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_COUNTERS: u32 = 262_144;
 /// Port ranges per policy entry.
 pub const MAX_PORT_RANGES: usize = 16;
+/// Capacity of [`LIMITS_MAP`]: four buckets per endpoint at most.
+pub const MAX_BUCKETS: u32 = 4 * MAX_ENDPOINTS;
 
 /// Bits of [`IdentityInfo::flags`].
 pub mod identity_flags {
@@ -190,10 +195,27 @@ pub struct EndpointInfo {
     /// The pod interface's MAC; all zero disables the MAC check (interfaces whose MAC the
     /// agent cannot know).
     pub mac: [u8; 6],
+    /// Which rate-limit buckets apply ([`crate::ratelimit::limit_flags`]); 0: none.
+    pub limits: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// Value of [`LIMITS_MAP`] as user space sees it. The eBPF side declares the same layout with
+/// the kernel's `struct bpf_spin_lock` in place of `lock` (the verifier finds it by BTF name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketValue {
+    /// `struct bpf_spin_lock`; user space never touches it (updates use `BPF_F_LOCK`).
+    pub lock: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// Theoretical arrival time in `bpf_ktime_get_ns` nanoseconds ([`crate::ratelimit`]).
+    pub tat: u64,
+    pub config: crate::ratelimit::BucketConfig,
+}
+const _: () = assert!(size_of::<BucketValue>() == 32);
 
 /// Value of [`ADDRS_MAP`] (key: [`IpAddr16`]).
 #[repr(C)]
@@ -319,6 +341,9 @@ pub mod ct_flags {
     pub const OPENED_BY_LO: u8 = 1 << 0;
     /// A TCP FIN or RST was seen: the entry expires quickly.
     pub const CLOSING: u8 = 1 << 1;
+    /// The receiving endpoint's ingress has admitted the flow (its ingress QPS limit was
+    /// applied), whether conntrack first saw the flow there or at a local sender's egress.
+    pub const INGRESS_ADMITTED: u8 = 1 << 2;
 }
 
 /// Value of [`CONNTRACK_MAP`].
@@ -426,6 +451,8 @@ mod pod {
         super::CtValue,
         super::Config,
         super::CounterKey,
+        super::BucketValue,
+        crate::ratelimit::BucketKey,
         super::CounterValue
     );
 }

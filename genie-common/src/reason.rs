@@ -33,11 +33,15 @@ pub enum Reason {
     UnsupportedProtocol = 10,
     /// A tracked connection that a policy change no longer allows (tightening is immediate).
     Revoked = 11,
+    /// Over the endpoint's (or its network's) bandwidth limit in this direction.
+    RateLimitBandwidth = 12,
+    /// A new flow over the endpoint's (or its network's) QPS limit in this direction.
+    RateLimitQps = 13,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Forwarded,
         Reason::UnknownEndpoint,
         Reason::Policy,
@@ -50,6 +54,8 @@ impl Reason {
         Reason::Malformed,
         Reason::UnsupportedProtocol,
         Reason::Revoked,
+        Reason::RateLimitBandwidth,
+        Reason::RateLimitQps,
     ];
 
     /// The label used in metrics and inspection output.
@@ -67,6 +73,8 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::UnsupportedProtocol => "unsupported-protocol",
             Reason::Revoked => "revoked",
+            Reason::RateLimitBandwidth => "rate-limit-bandwidth",
+            Reason::RateLimitQps => "rate-limit-qps",
         }
     }
 

@@ -5,6 +5,7 @@
 mod maps;
 mod metrics;
 mod parse;
+mod ratelimit;
 mod verdict;
 
 use aya_ebpf::{
@@ -12,7 +13,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use genie_common::Direction;
+use genie_common::{Direction, Reason, ratelimit::kind};
 
 /// TC ingress of the host side of a pod's veth: everything the pod sends.
 #[classifier]
@@ -35,7 +36,15 @@ pub fn bench_pass(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, direction: Direction) -> i32 {
-    let verdict = verdict::decide(ctx, direction);
+    let mut verdict = verdict::decide(ctx, direction);
+    let endpoint = &verdict.endpoint;
+    // Bandwidth is spent only by packets that pass everything else.
+    if !verdict.reason.is_drop()
+        && ratelimit::limited(endpoint, kind::BYTES, direction as u8)
+        && ratelimit::take(endpoint, kind::BYTES, direction as u8, u64::from(ctx.len())) == 0
+    {
+        verdict.reason = Reason::RateLimitBandwidth;
+    }
     metrics::count(
         verdict.endpoint.endpoint_id,
         verdict.endpoint.identity,

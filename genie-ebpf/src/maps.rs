@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use genie_common::maps::{
     AddrInfo, CidrInfo, Config, CounterKey, CounterValue, CtKey, CtValue, EndpointInfo,
-    IdentityInfo, IpAddr16, MAX_ADDRS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS, MAX_ENDPOINTS,
-    MAX_IDENTITIES, MAX_POLICY, PolicyKey, PolicyValue,
+    IdentityInfo, IpAddr16, MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS,
+    MAX_ENDPOINTS, MAX_IDENTITIES, MAX_POLICY, PolicyKey, PolicyValue,
 };
 
 /// Endpoint records by the interface index the program runs on (`ENDPOINTS_MAP`).
@@ -50,3 +50,12 @@ pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue, { MAX_COUNTERS as u
 /// BPF stack cannot hold them next to the decision's map keys.
 #[btf_map(name = "genie_scratch")]
 pub static SCRATCH: PerCpuArray<crate::verdict::Scratch, 1> = PerCpuArray::new();
+
+/// Rate-limit buckets (`LIMITS_MAP`): bandwidth and QPS per endpoint or per network, both
+/// directions.
+#[btf_map(name = "genie_limits")]
+pub static LIMITS: HashMap<
+    genie_common::ratelimit::BucketKey,
+    crate::ratelimit::Bucket,
+    { MAX_BUCKETS as usize },
+> = HashMap::new();

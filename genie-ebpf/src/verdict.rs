@@ -13,11 +13,13 @@ use genie_common::{
     conntrack::{REFRESH_NS, flow_key, timeout_ns},
     maps::{AddrInfo, CtKey, CtValue, IpAddr16, PolicyKey, ct_flags, mac_eq},
     policy::{Side, classify, decide_new_flow, proto},
+    ratelimit::kind,
 };
 
 use crate::{
     maps::{ADDRS, CIDRS, CONFIG, CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, SCRATCH},
     parse::{self, Arp, Ip, KIND_ARP, KIND_IP, KIND_OTHER, TCP_FIN, TCP_RST},
+    ratelimit,
 };
 
 /// The endpoint key of this program instance (`ENDPOINT_KEY_GLOBAL`): 0 in the shared instance
@@ -125,6 +127,10 @@ fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: u8) -> Reason {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
+)]
 fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -> Reason {
     let neighbour_discovery = parse::is_neighbour_discovery(ip);
     if direction == Direction::Egress as u8 {
@@ -154,9 +160,20 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -
     flow.epoch = CONFIG.get(0).map(|c| c.policy_epoch).unwrap_or(0);
     flow.src_is_lo = u8::from(src_is_lo);
     flow.closing = u8::from(ip.protocol == proto::TCP && ip.tcp_flags & (TCP_FIN | TCP_RST) != 0);
-    match tracked(flow) {
+    match tracked(flow, direction) {
         TRACKED => Reason::Forwarded,
         REVOKED => Reason::Revoked,
+        TRACKED_FIRST_INGRESS => {
+            // Opened by another local endpoint's egress; this endpoint admits it now.
+            if ratelimit::limited(endpoint, kind::FLOWS, direction)
+                && ratelimit::take(endpoint, kind::FLOWS, direction, 1) == 0
+            {
+                let _ = CONNTRACK.remove(&flow.key);
+                Reason::RateLimitQps
+            } else {
+                Reason::Forwarded
+            }
+        }
         _ => Reason::from_u8(new_flow(endpoint, ip, direction, flow)).unwrap_or(Reason::Malformed),
     }
 }
@@ -164,6 +181,10 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -
 const UNTRACKED: u8 = 0;
 const TRACKED: u8 = 1;
 const REVOKED: u8 = 2;
+/// Tracked, and this is the first packet of its opening direction at the receiving endpoint's
+/// ingress (a flow between two endpoints of one node is created by the sender's egress; the
+/// receiver's ingress QPS limit still applies to it).
+const TRACKED_FIRST_INGRESS: u8 = 3;
 
 /// Looks the flow up in conntrack: `TRACKED` (and refreshed) for a live entry still allowed,
 /// `REVOKED` (entry deleted) when a policy change disallows it, `UNTRACKED` otherwise.
@@ -172,7 +193,7 @@ const REVOKED: u8 = 2;
     clippy::needless_borrows_for_generic_args,
     reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
 )]
-fn tracked(flow: &Flow) -> u8 {
+fn tracked(flow: &Flow, direction: u8) -> u8 {
     let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
         return UNTRACKED;
     };
@@ -197,6 +218,14 @@ fn tracked(flow: &Flow) -> u8 {
     if flow.closing != 0 && ct.flags & ct_flags::CLOSING == 0 {
         ct.flags |= ct_flags::CLOSING;
         ct.last_seen_ns = flow.now;
+    }
+    let opening_direction = (ct.flags & ct_flags::OPENED_BY_LO != 0) == (flow.src_is_lo != 0);
+    if direction == Direction::Ingress as u8
+        && opening_direction
+        && ct.flags & ct_flags::INGRESS_ADMITTED == 0
+    {
+        ct.flags |= ct_flags::INGRESS_ADMITTED;
+        return TRACKED_FIRST_INGRESS;
     }
     TRACKED
 }
@@ -250,13 +279,23 @@ fn new_flow(endpoint: &EndpointInfo, ip: &Ip, direction: u8, flow: &Flow) -> u8 
     } else {
         (remote_side(&ip.src), endpoint_side(endpoint))
     };
-    let reason = decide_new_flow(src, dst, ip.protocol, ip.dport, policy_allows);
+    let mut reason = decide_new_flow(src, dst, ip.protocol, ip.dport, policy_allows);
+    // QPS counts only flows policy allows, and a refused one leaves no conntrack entry.
+    if !reason.is_drop()
+        && ratelimit::limited(endpoint, kind::FLOWS, direction)
+        && ratelimit::take(endpoint, kind::FLOWS, direction, 1) == 0
+    {
+        reason = Reason::RateLimitQps;
+    }
     if !reason.is_drop() {
         let mut flags = if flow.src_is_lo != 0 {
             ct_flags::OPENED_BY_LO
         } else {
             0
         };
+        if direction == Direction::Ingress as u8 {
+            flags |= ct_flags::INGRESS_ADMITTED;
+        }
         if flow.closing != 0 {
             flags |= ct_flags::CLOSING;
         }

@@ -211,6 +211,7 @@ impl TestNode {
             pod_netns: Some(pod.netns.path()),
             ips: vec![IpAddr::V4(pod.ipv4)],
             mac: Some(pod.mac_string()),
+            bandwidth: None,
         }
     }
 

@@ -455,3 +455,115 @@ pub fn tcp_connect_echo(from: &(impl Reachable + ?Sized), to: Ipv4Addr, port: u1
     let n = stream.read(&mut buf).unwrap_or(0);
     Ok(&buf[..n] == message)
 }
+
+/// What an iperf3 run measured at the receiver.
+#[derive(Debug, Clone, Copy)]
+pub struct IperfReport {
+    /// Goodput over the whole run, bits/s.
+    pub bits_per_second: f64,
+    /// Goodput in the first second, bits/s.
+    pub first_second: f64,
+    /// TCP retransmissions the sender counted.
+    pub retransmits: u64,
+}
+
+/// Runs one iperf3 test from `from` to `to:port` for `seconds` and returns what arrived: TCP,
+/// or UDP offered at `udp_bits_per_second` in 1400-byte datagrams.
+pub fn iperf3(
+    from: &(impl Reachable + ?Sized),
+    to: &(impl Reachable + ?Sized),
+    port: u16,
+    seconds: u32,
+    udp_bits_per_second: Option<u64>,
+) -> Result<IperfReport> {
+    let udp: Vec<String> = match udp_bits_per_second {
+        Some(rate) => vec![
+            "-u".into(),
+            "-b".into(),
+            rate.to_string(),
+            "-l".into(),
+            "1400".into(),
+        ],
+        None => Vec::new(),
+    };
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", to.netns().name(), "iperf3", "-s", "-1"])
+        .args(["-B", &to.ipv4().to_string(), "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    // The server binds within milliseconds; the client retries its connection meanwhile.
+    let mut output = None;
+    for _ in 0..50 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", from.netns().name(), "iperf3", "-J"])
+            .args(["-c", &to.ipv4().to_string(), "-p", &port.to_string()])
+            .args(["-t", &seconds.to_string()])
+            .args(&udp)
+            .output()
+            .context("running the iperf3 client")?;
+        // iperf3 -J reports a refused connection (the server not listening yet) in its JSON.
+        let refused = String::from_utf8_lossy(&out.stdout).contains("unable to connect");
+        if out.status.success() && !refused {
+            output = Some(out);
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = output.context("the iperf3 client never connected")?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 printed non-JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    if let Some(error) = report.get("error") {
+        anyhow::bail!("iperf3 failed: {error}");
+    }
+    let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    Ok(IperfReport {
+        bits_per_second: number(&report["end"]["sum_received"]["bits_per_second"]),
+        first_second: number(&report["intervals"][0]["sum"]["bits_per_second"]),
+        retransmits: report["end"]["sum_sent"]["retransmits"]
+            .as_u64()
+            .unwrap_or(0),
+    })
+}
+
+/// Opens TCP connections from `from` to `to:port` (where a listener must run) as fast as
+/// `threads` parallel connectors can for `duration`, closing each at once. Returns how many
+/// completed their handshake.
+pub fn connection_flood(
+    from: &(impl Reachable + ?Sized),
+    to: Ipv4Addr,
+    port: u16,
+    threads: usize,
+    duration: Duration,
+) -> Result<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let accepted = AtomicU64::new(0);
+    let path = from.netns().path();
+    let deadline = Instant::now() + duration;
+    thread::scope(|scope| {
+        for _ in 0..threads {
+            let (path, accepted) = (&path, &accepted);
+            scope.spawn(move || {
+                netns::run_in(path, || {
+                    while Instant::now() < deadline {
+                        let attempt = TcpStream::connect_timeout(
+                            &SocketAddr::from((to, port)),
+                            Duration::from_millis(250),
+                        );
+                        if attempt.is_ok() {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            });
+        }
+    });
+    Ok(accepted.load(Ordering::Relaxed))
+}

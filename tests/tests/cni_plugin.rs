@@ -17,7 +17,7 @@ use genie_tests::{
     cni::{Runtime, Sandbox, add_uplink, default_network, invoke_raw},
     node::genie_binary,
     topology::Netns,
-    traffic::{NodeAt, ping, tcp_echo},
+    traffic::{NodeAt, iperf3, ping, tcp_echo},
 };
 use serde_json::{Value, json};
 
@@ -54,6 +54,7 @@ spec:
   tenant: red
   subnet: 198.18.11.0/24
   plugin: {type: macvlan, master: up0, mode: bridge}
+  limits: {ingressBandwidth: 20M}
 ---
 apiVersion: genie.dev/v1alpha1
 kind: LogicalNetwork
@@ -83,6 +84,13 @@ metadata:
   name: bad-annotation
   namespace: red
   annotations: {k8s.v1.cni.cncf.io/networks: "[{\"name\": "}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bad-bandwidth
+  namespace: red
+  annotations: {kubernetes.io/egress-bandwidth: "fast"}
 ---
 apiVersion: v1
 kind: Pod
@@ -414,6 +422,13 @@ fn a_pod_with_three_interfaces_is_isolated_on_every_one() {
     );
     assert!(tcp_echo(&p2, &ext, 7006).unwrap(), "red-b → outside");
     assert!(!tcp_echo(&ext, &p2, 7007).unwrap(), "outside → red-b");
+    // red-b's ingress limit holds on macvlan too, enforced by the in-pod program.
+    let run = iperf3(&q2, &p2, 7008, 2, Some(60_000_000)).unwrap();
+    assert!(
+        (run.bits_per_second - 20e6).abs() / 20e6 < 0.15,
+        "red-b ingress 20M over macvlan: {:.1} Mbit/s",
+        run.bits_per_second / 1e6
+    );
 
     // CHECK passes, then fails once genie's program is detached by hand.
     n.runtime
@@ -483,6 +498,12 @@ fn refusals_have_their_own_codes_and_change_nothing() {
     };
     for (namespace, pod, code, names) in [
         ("red", "bad-annotation", 100, "k8s.v1.cni.cncf.io/networks"),
+        (
+            "red",
+            "bad-bandwidth",
+            100,
+            "kubernetes.io/egress-bandwidth",
+        ),
         ("red", "unknown-network", 101, "no-such-network"),
         ("blue", "steals", 102, "tenant \"red\""),
         ("red", "repeated", 104, "eth1"),

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use genie_agent::{
     agent::Agent,
+    cni::annotations::BandwidthRequest,
     dataplane::{self, CounterRow, FROM_ENDPOINT_PROGRAM, read_counters},
 };
 use genie_common::{CounterValue, Direction, Reason, maps::ALL_MAPS};
@@ -59,7 +60,14 @@ fn two_pods() -> (TestNode, Agent) {
     let node = TestNode::new(topo, ONE_TENANT).unwrap();
     let mut agent = node.agent_in_process().unwrap();
     for label in ["a", "b"] {
-        let request = node.endpoint_request(node.topo.pod(label), "demo", "default");
+        let mut request = node.endpoint_request(node.topo.pod(label), "demo", "default");
+        if label == "b" {
+            // A limit far above anything the tests send, so the limits map has an entry.
+            request.bandwidth = Some(BandwidthRequest {
+                egress_rate: Some(10_000_000_000),
+                ..BandwidthRequest::default()
+            });
+        }
         agent.add_endpoint(request).unwrap();
     }
     (node, agent)
@@ -239,6 +247,13 @@ fn bpftool_prints_named_fields_of_every_map() {
                 "\"bytes\"",
             ],
             "genie_scratch" => &["\"ip\"", "\"flow\"", "\"src_is_lo\""],
+            "genie_limits" => &[
+                "\"owner\": 2",
+                "\"kind\"",
+                "\"tat\"",
+                "\"unit_cost\"",
+                "\"burst_ns\"",
+            ],
             other => panic!("no expectation for map {other}"),
         };
         for field in fields {

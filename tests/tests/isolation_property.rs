@@ -225,7 +225,8 @@ fn desired(setup: &Setup, ifindexes: &[u32]) -> DesiredState {
                 endpoint_id: id,
                 identity: IDENTITIES[identity],
                 mac: if enforce_mac { mac_of(i) } else { [0; 6] },
-                _pad: [0; 2],
+                limits: 0,
+                _pad: 0,
             },
         );
         for v6 in [false, true] {

@@ -9,10 +9,10 @@ use serde_json::Value;
 use super::Agent;
 use crate::{
     cni::{
-        annotations,
+        annotations::{self, BandwidthRequest, DEFAULT_INTERFACE},
         spec::{CniError, code},
     },
-    model::DEFAULT_NETWORK,
+    model::{DEFAULT_NETWORK, quantity::parse_quantity},
 };
 
 /// One interface ADD will create.
@@ -27,6 +27,45 @@ pub struct PlannedAttachment {
     pub plugin: Option<Value>,
     /// Subnets for the derived host-local IPAM.
     pub subnets: Vec<IpNet>,
+    /// The interface's own bandwidth: the attachment's (NPWG `bandwidth`) or, for the
+    /// default interface, the pod's `kubernetes.io/*-bandwidth` annotations.
+    pub bandwidth: Option<BandwidthRequest>,
+}
+
+/// The standard pod bandwidth annotations (Kubernetes quantities in bits/s), which apply to the
+/// pod's default interface.
+pub const INGRESS_BANDWIDTH: &str = "kubernetes.io/ingress-bandwidth";
+pub const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
+
+/// The default interface's bandwidth from the standard pod annotations.
+fn annotated_bandwidth(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<BandwidthRequest>, CniError> {
+    let rate = |name: &str| -> Result<Option<u64>, CniError> {
+        let Some(text) = annotations.get(name) else {
+            return Ok(None);
+        };
+        match parse_quantity(text) {
+            Ok(0) => Err(format!("{text:?} must be greater than zero")),
+            Ok(v) => Ok(Some(v)),
+            Err(m) => Err(m),
+        }
+        .map_err(|m| {
+            CniError::new(
+                code::BAD_ANNOTATION,
+                format!("annotation {name}: {m}"),
+                name.to_owned(),
+            )
+        })
+    };
+    let (ingress, egress) = (rate(INGRESS_BANDWIDTH)?, rate(EGRESS_BANDWIDTH)?);
+    Ok(
+        (ingress.is_some() || egress.is_some()).then_some(BandwidthRequest {
+            ingress_rate: ingress,
+            egress_rate: egress,
+            ..BandwidthRequest::default()
+        }),
+    )
 }
 
 impl Agent {
@@ -50,7 +89,12 @@ impl Agent {
             ));
         }
         let pod_name = format!("{namespace}/{pod}");
-        let attachments = match model.pods.get(&(namespace.to_owned(), pod.to_owned())) {
+        let manifest = model.pods.get(&(namespace.to_owned(), pod.to_owned()));
+        let default_bandwidth = match manifest {
+            Some(m) => annotated_bandwidth(&m.annotations)?,
+            None => None,
+        };
+        let attachments = match manifest {
             Some(manifest) => manifest.attachments.clone().map_err(|e| {
                 let code = if e.repeated_interface {
                     code::REPEATED_INTERFACE
@@ -72,6 +116,7 @@ impl Agent {
                     interface: attachment.interface,
                     plugin: None,
                     subnets: Vec::new(),
+                    bandwidth: default_bandwidth,
                 });
                 continue;
             }
@@ -98,6 +143,13 @@ impl Agent {
                 ));
             }
             plan.push(PlannedAttachment {
+                bandwidth: attachment
+                    .bandwidth
+                    .or(if attachment.interface == DEFAULT_INTERFACE {
+                        default_bandwidth
+                    } else {
+                        None
+                    }),
                 network: attachment.network,
                 interface: attachment.interface,
                 plugin: network.plugin.clone(),

@@ -31,6 +31,9 @@ pub struct CachedAttachment {
     /// The genie endpoint registered for the interface, once registered.
     #[serde(default)]
     pub endpoint: Option<u32>,
+    /// The interface's own bandwidth limits.
+    #[serde(default)]
+    pub bandwidth: Option<super::annotations::BandwidthRequest>,
 }
 
 /// Everything ADD did for one container.
@@ -195,6 +198,7 @@ mod tests {
                 config: json!({"type": "bridge"}),
                 result: json!({"cniVersion": "1.0.0"}),
                 endpoint: Some(3),
+                bandwidth: None,
             }],
         }
     }

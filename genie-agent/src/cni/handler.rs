@@ -19,7 +19,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
-    annotations::DEFAULT_INTERFACE,
+    annotations::{BandwidthRequest, DEFAULT_INTERFACE},
     cache::{Cache, CacheError, CachedAttachment, CachedContainer},
     delegate::{self, AddResult, DelegateError, Invocation},
     result,
@@ -259,6 +259,12 @@ impl CniHandler {
             &self.ipam_dir,
         )
         .map_err(|e| delegate_error(&label, e))?;
+        // The runtime's bandwidth capability (kubelet fills it from the pod's
+        // `kubernetes.io/*-bandwidth` annotations) is for its own interface.
+        let bandwidth = match runtime_bandwidth(conf)? {
+            Some(b) if ifname == runtime_ifname => Some(b),
+            _ => planned.bandwidth,
+        };
         Ok(CachedAttachment {
             network: planned.network.clone(),
             ifname,
@@ -266,6 +272,7 @@ impl CniHandler {
             config,
             result: Value::Null,
             endpoint: None,
+            bandwidth,
         })
     }
 
@@ -368,6 +375,7 @@ impl CniHandler {
             mac: added
                 .container_interface(&attachment.ifname)
                 .and_then(|i| i.mac.clone()),
+            bandwidth: attachment.bandwidth,
         })
     }
 
@@ -529,6 +537,32 @@ impl CniHandler {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// `runtimeConfig.bandwidth` (the CNI `bandwidth` capability), in bits/s and bits.
+fn runtime_bandwidth(conf: &NetConf) -> Result<Option<BandwidthRequest>, CniError> {
+    let Some(value) = conf
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.get("bandwidth"))
+    else {
+        return Ok(None);
+    };
+    let bandwidth: BandwidthRequest = serde_json::from_value(value.clone()).map_err(|e| {
+        CniError::new(
+            code::INVALID_NETWORK_CONFIG,
+            format!("runtimeConfig.bandwidth: {e}"),
+            "runtimeConfig.bandwidth",
+        )
+    })?;
+    if [bandwidth.ingress_rate, bandwidth.egress_rate].contains(&Some(0)) {
+        return Err(CniError::new(
+            code::INVALID_NETWORK_CONFIG,
+            "runtimeConfig.bandwidth: a rate must be greater than zero",
+            "runtimeConfig.bandwidth",
+        ));
+    }
+    Ok(Some(bandwidth))
 }
 
 fn attachment_label(attachment: &CachedAttachment) -> String {

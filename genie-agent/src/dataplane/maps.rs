@@ -10,10 +10,11 @@ use aya::{
 use genie_common::{
     CounterKey, CounterValue, EndpointInfo,
     maps::{
-        ADDRS_MAP, AddrInfo, CIDRS_MAP, CONFIG_MAP, CONNTRACK_MAP, COUNTERS_MAP, CidrInfo, Config,
-        CtKey, CtValue, ENDPOINTS_MAP, IDENTITIES_MAP, IdentityInfo, IpAddr16, POLICY_MAP,
-        PolicyKey, PolicyValue,
+        ADDRS_MAP, AddrInfo, BucketValue, CIDRS_MAP, CONFIG_MAP, CONNTRACK_MAP, COUNTERS_MAP,
+        CidrInfo, Config, CtKey, CtValue, ENDPOINTS_MAP, IDENTITIES_MAP, IdentityInfo, IpAddr16,
+        LIMITS_MAP, POLICY_MAP, PolicyKey, PolicyValue,
     },
+    ratelimit::{BucketConfig, BucketKey},
 };
 
 use super::DataplaneError;
@@ -30,6 +31,7 @@ pub struct PinnedMaps {
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
+    pub limits: HashMap<MapData, BucketKey, BucketValue>,
 }
 
 impl std::fmt::Debug for PinnedMaps {
@@ -58,6 +60,8 @@ pub struct ApplyStats {
     pub deleted: usize,
     /// Whether the policy epoch was bumped (tracked flows are re-checked).
     pub epoch_bumped: bool,
+    /// Rate-limit buckets written or deleted.
+    pub limits_written: usize,
 }
 
 impl PinnedMaps {
@@ -88,6 +92,9 @@ impl PinnedMaps {
             counters: open(bpffs, COUNTERS_MAP)?
                 .try_into()
                 .map_err(map_err(COUNTERS_MAP))?,
+            limits: open(bpffs, LIMITS_MAP)?
+                .try_into()
+                .map_err(map_err(LIMITS_MAP))?,
         })
     }
 
@@ -104,6 +111,10 @@ impl PinnedMaps {
             )?,
             identities: read_all(self.identities.iter(), IDENTITIES_MAP)?,
             policy: read_all(self.policy.iter(), POLICY_MAP)?,
+            buckets: read_all(
+                self.limits.iter().map(|r| r.map(|(k, v)| (k, v.config))),
+                LIMITS_MAP,
+            )?,
         })
     }
 
@@ -143,6 +154,9 @@ impl PinnedMaps {
         stats.written += upsert(&mut self.policy, &c.policy, &d.policy, POLICY_MAP)?;
         stats.written += upsert(&mut self.addrs, &c.addrs, &d.addrs, ADDRS_MAP)?;
         stats.written += upsert(&mut self.cidrs, &c.cidrs, &d.cidrs, CIDRS_MAP)?;
+        // Buckets before the endpoint records that point at them; limits are not policy, so
+        // they do not bump the epoch.
+        stats.limits_written += upsert(&mut self.limits, &c.buckets, &d.buckets, LIMITS_MAP)?;
         stats.written += upsert(
             &mut self.endpoints,
             &c.endpoints,
@@ -165,6 +179,7 @@ impl PinnedMaps {
             &d.identities,
             IDENTITIES_MAP,
         )?;
+        stats.limits_written += delete_stale(&mut self.limits, &c.buckets, &d.buckets, LIMITS_MAP)?;
 
         if stats.written + stats.deleted > 0 {
             let mut config = self.config.get(&0, 0).map_err(map_err(CONFIG_MAP))?;
@@ -211,6 +226,25 @@ impl<K: Pod, V: Pod> Writable<K, V> for HashMap<MapData, K, V> {
         self.insert(key, value, 0)
     }
     fn delete(&mut self, key: &K) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// `BPF_F_LOCK`: the update takes the value's spin lock, so a CPU inside a bucket's critical
+/// section never sees half a configuration.
+const BPF_F_LOCK: u64 = 4;
+
+/// Buckets are desired by configuration; writing one resets its state (a full burst), which
+/// happens only when its configuration changes.
+impl Writable<BucketKey, BucketConfig> for HashMap<MapData, BucketKey, BucketValue> {
+    fn put(&mut self, key: &BucketKey, config: &BucketConfig) -> Result<(), MapError> {
+        let value = BucketValue {
+            config: *config,
+            ..BucketValue::default()
+        };
+        self.insert(key, value, BPF_F_LOCK)
+    }
+    fn delete(&mut self, key: &BucketKey) -> Result<(), MapError> {
         self.remove(key)
     }
 }

@@ -99,7 +99,7 @@ pub struct LogicalNetwork {
     pub subnets: Vec<IpNet>,
     pub plugin: Option<serde_json::Value>,
     pub isolation: ValidIsolation,
-    pub limits: Option<Limits>,
+    pub limits: ValidLimits,
     pub identity: u32,
     pub file: PathBuf,
 }
@@ -178,6 +178,20 @@ impl Model {
             )),
         }
     }
+}
+
+/// A network's limits, validated: bandwidth in bits/s, burst in bits, QPS in new flows/s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidLimits {
+    pub egress_bps: Option<u64>,
+    pub ingress_bps: Option<u64>,
+    pub burst_bits: Option<u64>,
+    pub egress_qps: Option<u64>,
+    pub ingress_qps: Option<u64>,
+    /// Scope `Network`: the network's endpoints on a node share one bucket per kind and
+    /// direction.
+    pub shared: bool,
 }
 
 /// One object as read from a file, before validation.
@@ -602,9 +616,11 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                 ));
             }
         }
-        if let Some(limits) = &spec.limits {
-            validate_limits(limits, &err, &mut errors);
-        }
+        let limits = spec
+            .limits
+            .as_ref()
+            .map(|l| validate_limits(l, &err, &mut errors))
+            .unwrap_or_default();
         let identity = network_identity(format!("net/{name}").as_bytes());
         claim_identity(
             identity,
@@ -622,7 +638,7 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                     subnets: nets,
                     plugin: spec.plugin.clone(),
                     isolation,
-                    limits: spec.limits.clone(),
+                    limits,
                     identity,
                     file: raw.file.clone(),
                 },
@@ -775,20 +791,24 @@ fn validate_limits(
     limits: &Limits,
     err: &dyn Fn(&str, String) -> ConfigError,
     errors: &mut Vec<ConfigError>,
-) {
-    for (field, value) in [
-        ("spec.limits.egressBandwidth", &limits.egress_bandwidth),
-        ("spec.limits.ingressBandwidth", &limits.ingress_bandwidth),
-        ("spec.limits.burst", &limits.burst),
-    ] {
-        if let Some(text) = value {
-            match quantity::parse_quantity(text) {
-                Ok(0) => errors.push(err(field, format!("{text:?} must be greater than zero"))),
-                Ok(_) => {}
-                Err(m) => errors.push(err(field, m)),
+) -> ValidLimits {
+    let mut quantity = |field: &str, value: &Option<String>| {
+        let text = value.as_ref()?;
+        match quantity::parse_quantity(text) {
+            Ok(0) => {
+                errors.push(err(field, format!("{text:?} must be greater than zero")));
+                None
+            }
+            Ok(v) => Some(v),
+            Err(m) => {
+                errors.push(err(field, m));
+                None
             }
         }
-    }
+    };
+    let egress_bps = quantity("spec.limits.egressBandwidth", &limits.egress_bandwidth);
+    let ingress_bps = quantity("spec.limits.ingressBandwidth", &limits.ingress_bandwidth);
+    let burst_bits = quantity("spec.limits.burst", &limits.burst);
     for (field, value) in [
         ("spec.limits.egressQPS", limits.egress_qps),
         ("spec.limits.ingressQPS", limits.ingress_qps),
@@ -797,14 +817,24 @@ fn validate_limits(
             errors.push(err(field, "must be greater than zero".to_owned()));
         }
     }
-    if let Some(scope) = &limits.scope
-        && scope != "Endpoint"
-        && scope != "Network"
-    {
-        errors.push(err(
-            "spec.limits.scope",
-            format!("{scope:?} is not Endpoint or Network"),
-        ));
+    let shared = match limits.scope.as_deref() {
+        None | Some("Endpoint") => false,
+        Some("Network") => true,
+        Some(scope) => {
+            errors.push(err(
+                "spec.limits.scope",
+                format!("{scope:?} is not Endpoint or Network"),
+            ));
+            false
+        }
+    };
+    ValidLimits {
+        egress_bps,
+        ingress_bps,
+        burst_bits,
+        egress_qps: limits.egress_qps,
+        ingress_qps: limits.ingress_qps,
+        shared,
     }
 }
 

@@ -8,13 +8,14 @@ use std::{
 };
 
 use genie_common::{
-    EndpointInfo,
+    Direction, EndpointInfo,
     identity::{DNS, HOST},
     maps::{
         AddrInfo, CidrInfo, IdentityInfo, IpAddr16, MAX_PORT_RANGES, NAME_LEN, PolicyKey,
         PolicyValue, PortRange, identity_flags,
     },
     policy::proto,
+    ratelimit::{BucketConfig, BucketKey, kind, limit_flags},
 };
 use ipnet::IpNet;
 
@@ -43,6 +44,8 @@ pub struct DesiredState {
     pub cidrs: BTreeMap<(u32, IpAddr16), CidrInfo>,
     pub identities: BTreeMap<u32, IdentityInfo>,
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// Rate-limit buckets by their configuration (their running state is the kernel's).
+    pub buckets: BTreeMap<BucketKey, BucketConfig>,
 }
 
 /// An address in the maps' 16-byte form.
@@ -237,13 +240,15 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
         let Ok(identity) = model.identity_for(&ep.request.namespace, &ep.request.network) else {
             continue;
         };
+        let limits = endpoint_buckets(model, ep, identity, &mut state.buckets);
         state.endpoints.insert(
             ep.map_key(),
             EndpointInfo {
                 endpoint_id: ep.id,
                 identity,
                 mac: ep.mac_bytes(),
-                _pad: [0; 2],
+                limits,
+                _pad: 0,
             },
         );
         for ip in &ep.request.ips {
@@ -261,3 +266,67 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
 
 #[cfg(test)]
 mod tests;
+
+/// An endpoint's rate-limit buckets (README, "Limits"): its own bandwidth (from the pod's
+/// annotations or the runtime) takes precedence over its network's; QPS comes from the
+/// network. Network-scoped buckets are keyed by the network's identity, so the network's
+/// endpoints on this node share them. Returns the endpoint's `limits` flags.
+fn endpoint_buckets(
+    model: &Model,
+    ep: &Endpoint,
+    identity: u32,
+    buckets: &mut BTreeMap<BucketKey, BucketConfig>,
+) -> u8 {
+    let network = model
+        .logical
+        .get(&ep.request.network)
+        .map(|n| n.limits)
+        .unwrap_or_default();
+    let own = ep.request.bandwidth.unwrap_or_default();
+    let mut wanted: Vec<(u8, Direction, bool, BucketConfig)> = Vec::new();
+    for (direction, own_rate, own_burst, network_rate) in [
+        (
+            Direction::Egress,
+            own.egress_rate,
+            own.egress_burst,
+            network.egress_bps,
+        ),
+        (
+            Direction::Ingress,
+            own.ingress_rate,
+            own.ingress_burst,
+            network.ingress_bps,
+        ),
+    ] {
+        if let Some(rate) = own_rate {
+            let config = BucketConfig::bandwidth(rate, own_burst.unwrap_or(0));
+            wanted.push((kind::BYTES, direction, false, config));
+        } else if let Some(rate) = network_rate {
+            let config = BucketConfig::bandwidth(rate, network.burst_bits.unwrap_or(0));
+            wanted.push((kind::BYTES, direction, network.shared, config));
+        }
+    }
+    for (direction, qps) in [
+        (Direction::Egress, network.egress_qps),
+        (Direction::Ingress, network.ingress_qps),
+    ] {
+        if let Some(qps) = qps {
+            wanted.push((
+                kind::FLOWS,
+                direction,
+                network.shared,
+                BucketConfig::qps(qps, 0),
+            ));
+        }
+    }
+    let mut flags = 0;
+    for (kind, direction, shared, config) in wanted {
+        flags |= limit_flags::of(kind, direction as u8);
+        if shared {
+            flags |= limit_flags::shared(kind, direction as u8);
+        }
+        let key = BucketKey::for_endpoint(ep.id, identity, flags, kind, direction as u8);
+        buckets.insert(key, config);
+    }
+    flags
+}

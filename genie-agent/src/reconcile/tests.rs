@@ -62,6 +62,7 @@ fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
             pod_netns: None,
             ips: vec![ip.parse().unwrap()],
             mac: Some("02:00:00:00:00:01".to_owned()),
+            bandwidth: None,
         },
     }
 }
@@ -170,4 +171,67 @@ fn endpoints_of_a_removed_network_lose_their_record() {
             .addrs
             .contains_key(&addr16(IpAddr::from([198, 18, 2, 11])))
     );
+}
+
+#[test]
+fn limits_become_buckets_with_the_endpoints_own_bandwidth_first() {
+    let text = format!(
+        "{OBJECTS}---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {{name: shared}}
+spec:
+  tenant: red
+  subnet: 198.18.9.0/24
+  limits: {{egressBandwidth: 100M, ingressBandwidth: 50M, egressQPS: 20, scope: Network}}
+"
+    );
+    let m = model(&text);
+    let mut own = endpoint(1, "shared", "198.18.9.10");
+    own.request.bandwidth = Some(crate::cni::annotations::BandwidthRequest {
+        egress_rate: Some(10_000_000),
+        ..Default::default()
+    });
+    let other = endpoint(2, "shared", "198.18.9.11");
+    let plain = endpoint(3, "a", "198.18.1.10");
+    let s = desired_state(&m, &[own, other, plain], &NodeInfo::default());
+    let net = m.logical["shared"].identity;
+    let flags = |id: u32| s.endpoints[&(100 + id)].limits;
+    use genie_common::ratelimit::limit_flags::*;
+    // Endpoint 1: its own egress bandwidth, the network's shared ingress bandwidth and QPS.
+    assert_eq!(
+        flags(1),
+        EGRESS_BYTES | INGRESS_BYTES | EGRESS_FLOWS | (INGRESS_BYTES << 4) | (EGRESS_FLOWS << 4)
+    );
+    assert_eq!(
+        flags(2),
+        (EGRESS_BYTES | INGRESS_BYTES | EGRESS_FLOWS) * 0x11
+    );
+    assert_eq!(flags(3), 0, "a network without limits");
+    let bucket = |owner: u32, kind: u8, direction: Direction, shared: u8| {
+        s.buckets[&BucketKey {
+            owner,
+            kind,
+            direction: direction as u8,
+            network_scope: shared,
+            _pad: 0,
+        }]
+    };
+    assert_eq!(
+        bucket(1, kind::BYTES, Direction::Egress, 0),
+        BucketConfig::bandwidth(10_000_000, 0)
+    );
+    assert_eq!(
+        bucket(net, kind::BYTES, Direction::Egress, 1),
+        BucketConfig::bandwidth(100_000_000, 0)
+    );
+    assert_eq!(
+        bucket(net, kind::BYTES, Direction::Ingress, 1),
+        BucketConfig::bandwidth(50_000_000, 0)
+    );
+    assert_eq!(
+        bucket(net, kind::FLOWS, Direction::Egress, 1),
+        BucketConfig::qps(20, 0)
+    );
+    assert_eq!(s.buckets.len(), 4, "shared buckets exist once");
 }

@@ -119,7 +119,8 @@ fn state(
             endpoint_id: 1,
             identity: POD,
             mac: pod_mac,
-            _pad: [0; 2],
+            limits: 0,
+            _pad: 0,
         },
     );
     s.addrs.insert(
@@ -138,7 +139,8 @@ fn state(
                 endpoint_id: 1 + i,
                 identity: POD + i % identities,
                 mac: [2, 0, 0, 0, 0, 1],
-                _pad: [0; 2],
+                limits: 0,
+                _pad: 0,
             },
         );
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i);
