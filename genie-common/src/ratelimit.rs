@@ -207,7 +207,8 @@ mod tests {
         // 100 Mbit/s offered 1500-byte packets at 10 Gbit/s for 10 s.
         let config = BucketConfig::bandwidth(100_000_000, 0);
         let passed = run(&config, 1500, 1200, 10_000_000_000);
-        let expected = 12_500_000 * 10 + MIN_BANDWIDTH_BURST_BYTES;
+        let burst = 12_500_000 * DEFAULT_BURST_NS / 1_000_000_000;
+        let expected = 12_500_000 * 10 + burst;
         let error = passed.abs_diff(expected) as f64 / expected as f64;
         assert!(error < 0.001, "passed {passed}, expected {expected}");
     }

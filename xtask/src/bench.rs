@@ -19,6 +19,9 @@ pub enum Benchmark {
     /// ADD and DEL latency of genie-cni for pods with 1, 2 and 3 interfaces, next to the same
     /// delegates run directly.
     Cni,
+    /// TCP goodput under genie's bandwidth limits next to the reference `bandwidth` plugin,
+    /// and a connection flood at five times a QPS limit.
+    Limits,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +58,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let name = match args.which {
         Benchmark::Datapath => "datapath",
         Benchmark::Cni => "cni",
+        Benchmark::Limits => "limits",
     };
     run(Command::new(target.join("release/genie-bench")).arg(name))
 }

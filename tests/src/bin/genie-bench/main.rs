@@ -3,6 +3,7 @@
 
 mod cni;
 mod datapath;
+mod limits;
 
 use anyhow::{Result, bail};
 
@@ -11,6 +12,7 @@ fn main() -> Result<()> {
     match which.as_str() {
         "datapath" => datapath::run(),
         "cni" => cni::run(),
-        other => bail!("unknown benchmark {other:?} (available: datapath, cni)"),
+        "limits" => limits::run(),
+        other => bail!("unknown benchmark {other:?} (available: datapath, cni, limits)"),
     }
 }
