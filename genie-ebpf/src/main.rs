@@ -9,7 +9,7 @@ mod ratelimit;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::classifier,
     programs::TcContext,
 };
@@ -55,7 +55,10 @@ fn handle(ctx: &TcContext, direction: Direction) -> i32 {
     if verdict.reason.is_drop() {
         TC_ACT_SHOT
     } else {
-        TC_ACT_OK
+        // TCX_NEXT, not TCX_PASS: a passed packet continues to the interface's other TCX
+        // programs and legacy tc filters (a chained `bandwidth` plugin, another CNI's
+        // programs), which TC_ACT_OK would skip.
+        TC_ACT_UNSPEC
     }
 }
 

@@ -12,8 +12,9 @@ use aya::{
 };
 use genie_agent::netns;
 
-/// `TC_ACT_OK`: the packet continues.
-pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (TCX_NEXT) as the test run reports it: genie passes the packet on to the
+/// interface's next program.
+pub const TC_ACT_NEXT: u32 = u32::MAX;
 /// `TC_ACT_SHOT`: the packet is dropped.
 pub const TC_ACT_SHOT: u32 = 2;
 

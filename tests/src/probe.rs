@@ -9,7 +9,7 @@ use genie_agent::dataplane::{
 };
 use genie_common::{CounterValue, Direction, Reason};
 
-use crate::packet::{TC_ACT_OK, TC_ACT_SHOT, run_tc};
+use crate::packet::{TC_ACT_NEXT, TC_ACT_SHOT, run_tc};
 
 /// Runs frames through the programs of a loaded dataplane.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl Probe<'_> {
 
     /// Runs `frame` once through the program for `direction` as if it crossed the interface
     /// `ifindex`, and returns the reason the program counted. The return code must agree with
-    /// the reason (forwarded ⇔ TC_ACT_OK).
+    /// the reason (forwarded ⇔ TC_ACT_NEXT).
     pub fn verdict(&self, ifindex: u32, direction: Direction, frame: &[u8]) -> Result<Reason> {
         let program = self.dataplane.program(match direction {
             Direction::Egress => FROM_ENDPOINT_PROGRAM,
@@ -55,7 +55,7 @@ impl Probe<'_> {
         let expected_code = if reason.is_drop() {
             TC_ACT_SHOT
         } else {
-            TC_ACT_OK
+            TC_ACT_NEXT
         };
         if result.return_value != expected_code {
             bail!(

@@ -487,7 +487,15 @@ pub fn iperf3(
         None => Vec::new(),
     };
     let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", to.netns().name(), "iperf3", "-s", "-1"])
+        .args([
+            "netns",
+            "exec",
+            to.netns().name(),
+            "iperf3",
+            "-s",
+            "-1",
+            "-J",
+        ])
         .args(["-B", &to.ipv4().to_string(), "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -499,7 +507,7 @@ pub fn iperf3(
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", from.netns().name(), "iperf3", "-J"])
             .args(["-c", &to.ipv4().to_string(), "-p", &port.to_string()])
-            .args(["-t", &seconds.to_string()])
+            .args(["-t", &seconds.to_string(), "--get-server-output"])
             .args(&udp)
             .output()
             .context("running the iperf3 client")?;
@@ -526,7 +534,11 @@ pub fn iperf3(
     let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     Ok(IperfReport {
         bits_per_second: number(&report["end"]["sum_received"]["bits_per_second"]),
-        first_second: number(&report["intervals"][0]["sum"]["bits_per_second"]),
+        // The receiving server's first interval: the client's counts bytes written into its
+        // socket, not delivered.
+        first_second: number(
+            &report["server_output_json"]["intervals"][0]["sum"]["bits_per_second"],
+        ),
         retransmits: report["end"]["sum_sent"]["retransmits"]
             .as_u64()
             .unwrap_or(0),

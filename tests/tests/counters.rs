@@ -11,7 +11,7 @@ use genie_agent::{
 use genie_common::{CounterValue, Direction, Reason, maps::ALL_MAPS};
 use genie_tests::{
     TestNode, Topology, names,
-    packet::{self, TC_ACT_OK, TC_ACT_SHOT},
+    packet::{self, TC_ACT_NEXT, TC_ACT_SHOT},
     traffic,
 };
 
@@ -184,7 +184,7 @@ fn crafted_packets_through_prog_test_run() {
 
     let a_ifindex = dataplane::interface_index(&netns, &a.host_ifname).unwrap();
     let result = packet::run_tc(program, &netns, a_ifindex, &frame, 10).unwrap();
-    assert_eq!(result.return_value, TC_ACT_OK);
+    assert_eq!(result.return_value, TC_ACT_NEXT);
 
     // br0 has no endpoint record: genie's program fails closed there.
     let br0 = dataplane::interface_index(&netns, "br0").unwrap();

@@ -236,6 +236,15 @@ pub fn run() -> Result<()> {
             };
             delegate::del(&bandwidth_plugin, &invocation, &config, None)
                 .context("reference bandwidth plugin DEL")?;
+            // Its DEL removes the IFB but leaves the qdiscs on the veth (the veth normally
+            // goes with the pod): remove them for the next run.
+            let host_veth = &node.topo.pod("a").host_ifname;
+            for parent in ["ingress", "root"] {
+                let _ = std::process::Command::new("tc")
+                    .args(["-n", node.topo.node().name(), "qdisc", "del", "dev"])
+                    .args([host_veth.as_str(), parent])
+                    .output();
+            }
             rows.push((egress, label, rate, genie, reference?));
         }
     }
