@@ -710,3 +710,47 @@ fn different_containers_attach_in_parallel_and_one_container_in_order() {
     });
     assert_eq!(n.footprint(), before);
 }
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn the_runtimes_bandwidth_capability_limits_the_default_interface() {
+    use genie_common::ratelimit::{BucketConfig, BucketKey, kind};
+    let n = CniNode::new();
+    let ns = n.pod_netns("bw");
+    let mut runtime = n.runtime.clone();
+    runtime.config["runtimeConfig"] =
+        json!({"bandwidth": {"egressRate": 10_000_000, "egressBurst": 2_000_000}});
+    runtime
+        .call("ADD", &sandbox("bbbb0002", "red", "bw", &ns))
+        .unwrap()
+        .expect_ok("ADD with a bandwidth capability");
+    let id = endpoints_of(&n, "bw", "eth0");
+    let buckets = PinnedMaps::open(n.node.bpffs())
+        .unwrap()
+        .read_state()
+        .unwrap()
+        .buckets;
+    let key = BucketKey {
+        owner: id,
+        kind: kind::BYTES,
+        direction: 0,
+        network_scope: 0,
+        _pad: 0,
+    };
+    assert_eq!(
+        buckets.get(&key),
+        Some(&BucketConfig::bandwidth(10_000_000, 2_000_000)),
+        "{buckets:?}"
+    );
+    // A zero rate is refused with the field named.
+    runtime.config["runtimeConfig"] = json!({"bandwidth": {"egressRate": 0}});
+    let outcome = runtime
+        .call("ADD", &sandbox("bbbb0003", "red", "bw2", &ns))
+        .unwrap();
+    assert_eq!(outcome.error_code(), Some(7), "{}", outcome.raw);
+    assert_eq!(outcome.stdout["details"], "runtimeConfig.bandwidth");
+    runtime
+        .call("DEL", &sandbox("bbbb0002", "red", "bw", &ns))
+        .unwrap()
+        .expect_ok("DEL");
+}
