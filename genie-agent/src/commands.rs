@@ -84,6 +84,11 @@ struct AgentArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`) over HTTP on
+    /// this address, e.g. 127.0.0.1:9464. Off when not given; the endpoint has no
+    /// authentication, so bind it to localhost or a node-internal address.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -211,7 +216,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         dns: args.dns,
     };
     let agent = Agent::start(config).context("starting the agent")?;
-    agent::server::serve(agent, &args.paths.socket).context("serving the agent API")?;
+    agent::server::serve(agent, &args.paths.socket, args.metrics_address)
+        .context("serving the agent API")?;
     Ok(())
 }
 

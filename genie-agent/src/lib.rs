@@ -9,6 +9,7 @@ pub mod cni;
 pub mod dataplane;
 pub mod endpoint;
 pub mod inspect;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod reconcile;

@@ -21,6 +21,7 @@ use crate::{
     cni::spec::validate_ifname,
     dataplane::{ApplyStats, AttachSide, Dataplane, DataplaneError, PinnedMaps, PodInstance},
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
+    metrics::AgentMetrics,
     model::{self, Model, ModelError, check_name},
     reconcile::{DesiredState, NodeInfo, desired_state},
 };
@@ -100,6 +101,7 @@ pub struct Agent {
     applied: Option<DesiredState>,
     /// The node's addresses as last read (`None`: read them next time).
     node: Option<NodeInfo>,
+    metrics: AgentMetrics,
 }
 
 impl Agent {
@@ -124,6 +126,7 @@ impl Agent {
             reconciles: 0,
             applied: None,
             node: None,
+            metrics: AgentMetrics::default(),
         };
         agent.readopt_endpoints()?;
         let used_keys: Vec<u32> = agent.registry.all().map(|e| e.pod_key).collect();
@@ -177,12 +180,16 @@ impl Agent {
     /// Reads the configuration directory; applies it if valid, otherwise keeps the last valid
     /// state enforced and records the error. Returns whether the maps changed.
     pub fn reload_config(&mut self) -> bool {
+        let seen = Instant::now();
         match model::load_dir(&self.config.config_dir) {
             Ok(model) => {
                 self.config_error = None;
                 self.model = Some(model);
                 match self.resync() {
-                    Ok(stats) => stats.written + stats.deleted > 0,
+                    Ok(stats) => {
+                        self.metrics.propagation.observe(seen.elapsed());
+                        stats.written + stats.deleted + stats.limits_written > 0
+                    }
                     Err(e) => {
                         warn!(error = %e, "reconcile failed");
                         false
@@ -191,6 +198,7 @@ impl Agent {
             }
             Err(e) => {
                 let text = e.to_string();
+                self.metrics.config_rejections += 1;
                 if self.config_error.as_deref() != Some(text.as_str()) {
                     warn!(error = %text, "configuration rejected; the last valid state stays enforced");
                 }
@@ -203,6 +211,17 @@ impl Agent {
     /// Writes the desired state into the maps: only the difference from what the last
     /// reconcile wrote, with the node's addresses as last read.
     pub fn reconcile(&mut self) -> Result<ApplyStats, AgentError> {
+        let started = Instant::now();
+        let result = self.reconcile_once();
+        self.metrics.reconcile_runs += 1;
+        self.metrics.reconcile_duration.observe(started.elapsed());
+        if result.is_err() {
+            self.metrics.reconcile_errors += 1;
+        }
+        result
+    }
+
+    fn reconcile_once(&mut self) -> Result<ApplyStats, AgentError> {
         let Some(model) = &self.model else {
             return Err(AgentError::NotReady(
                 self.config_error.clone().unwrap_or_default(),
@@ -463,6 +482,11 @@ impl Agent {
     /// The loaded dataplane (tests run its programs through `BPF_PROG_TEST_RUN`).
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
+    }
+
+    /// What the agent recorded about its own work.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
     }
 
     /// The pinned maps.

@@ -44,7 +44,11 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
 
 /// Serves the API on `socket` and watches the configuration directory until the process
 /// ends. The agent's enforcement does not depend on this process: it is pinned.
-pub fn serve(agent: Agent, socket: &Path) -> Result<(), AgentError> {
+pub fn serve(
+    agent: Agent,
+    socket: &Path,
+    metrics_address: Option<std::net::SocketAddr>,
+) -> Result<(), AgentError> {
     let config_dir = agent.config_dir().to_owned();
     let cni = Arc::new(
         CniHandler::new(&agent.config().state_dir, &agent.config().netns).map_err(|e| {
@@ -55,6 +59,14 @@ pub fn serve(agent: Agent, socket: &Path) -> Result<(), AgentError> {
         })?,
     );
     let agent = Arc::new(Mutex::new(agent));
+    if let Some(address) = metrics_address {
+        crate::metrics::http::spawn(address, Arc::clone(&agent)).map_err(|source| {
+            AgentError::Registry {
+                path: PathBuf::from(format!("metrics address {address}")),
+                source,
+            }
+        })?;
+    }
 
     {
         let agent = Arc::clone(&agent);

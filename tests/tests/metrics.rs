@@ -1,0 +1,111 @@
+//! The agent's Prometheus endpoint, scraped while traffic flows: drops appear under the tenant,
+//! network, direction and reason genie counted; health and readiness answer; the agent's own
+//! work (reconciles, propagation, rejected configurations) is there.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use genie_tests::{TestNode, Topology, traffic};
+
+const OBJECTS: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+";
+
+/// GETs `path` from the agent's metrics address; returns (status code, body).
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: genie\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered), if present.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, loads eBPF and runs the agent; run `cargo xtask test`"]
+fn scraped_metrics_show_the_drops_under_their_labels() {
+    let mut topo = Topology::new().unwrap();
+    topo.add_pod("r").unwrap();
+    topo.add_pod("b").unwrap();
+    // The agent runs in the test's namespace; a port from the process id keeps parallel runs
+    // of the suite apart.
+    let address = format!("127.0.0.1:{}", 20_000 + std::process::id() % 20_000);
+    let node = TestNode::new(topo, OBJECTS)
+        .unwrap()
+        .with_agent_args(&["--metrics-address", &address]);
+    node.spawn_agent().unwrap();
+    node.register("r", "red", "default").unwrap();
+    node.register("b", "blue", "default").unwrap();
+
+    assert_eq!(get(&address, "/healthz").0, 200);
+    assert_eq!(get(&address, "/readyz").0, 200);
+    assert_eq!(get(&address, "/nope").0, 404);
+
+    // red → blue on the default network: a different tenant, dropped as policy at red's
+    // egress. 20 datagrams, none delivered.
+    let (r, b) = (node.topo.pod("r"), node.topo.pod("b"));
+    assert_eq!(traffic::udp(r, b, 7400, 20, 32).unwrap(), 0);
+    let (status, body) = get(&address, "/metrics");
+    assert_eq!(status, 200);
+    let drops = sample(
+        &body,
+        "genie_drops_total{tenant=\"red\",network=\"default\",direction=\"egress\",reason=\"policy\"}",
+    );
+    assert!(drops.is_some_and(|d| d >= 20.0), "drops {drops:?}:\n{body}");
+    assert_eq!(
+        sample(
+            &body,
+            "genie_endpoints{tenant=\"blue\",network=\"default\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&body, "genie_map_capacity{map=\"genie_endpoints\"}"),
+        Some(131_072.0)
+    );
+    assert!(sample(&body, "genie_map_entries{map=\"genie_endpoints\"}") == Some(2.0));
+    assert!(sample(&body, "genie_reconcile_runs_total").is_some_and(|n| n >= 1.0));
+    assert!(sample(&body, "genie_policy_propagation_seconds_count").is_some_and(|n| n >= 1.0));
+    assert_eq!(sample(&body, "genie_ready"), Some(1.0));
+
+    // An invalid directory is counted and leaves the agent ready: the last valid state stays.
+    node.write_objects("kind: Tenant\nmetadata: {name: x}\nspec: {bogus: 1}\n")
+        .unwrap();
+    node.wait_for("the rejection to be counted", || {
+        sample(
+            &get(&address, "/metrics").1,
+            "genie_config_rejections_total",
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .unwrap();
+    assert_eq!(get(&address, "/readyz").0, 200);
+}
