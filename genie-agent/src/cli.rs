@@ -2,7 +2,7 @@
 
 use crate::{
     cni::cache::ContainerStatus,
-    inspect::{CounterRowView, EndpointRow, PolicyView},
+    inspect::{ConntrackRow, CounterRowView, EndpointRow, LimitRow, PolicyView},
 };
 
 /// Renders rows as a table whose columns are as wide as their widest cell.
@@ -183,6 +183,67 @@ pub fn attachments_table(rows: &[ContainerStatus]) -> String {
         ],
         &cells,
     )
+}
+
+/// `genie inspect limits`.
+pub fn limits_table(rows: &[LimitRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let (rate, burst) = if r.kind == "bandwidth" {
+                (
+                    format!("{} bit/s", si(r.rate)),
+                    format!("{} bit", si(r.burst)),
+                )
+            } else {
+                (format!("{}/s", r.rate), format!("{} flows", r.burst))
+            };
+            vec![
+                r.scope.clone(),
+                r.owner.clone(),
+                r.kind.clone(),
+                r.direction.clone(),
+                rate,
+                burst,
+            ]
+        })
+        .collect();
+    table(
+        &["SCOPE", "OWNER", "KIND", "DIRECTION", "RATE", "BURST"],
+        &cells,
+    )
+}
+
+/// `genie inspect conntrack`.
+pub fn conntrack_table(rows: &[ConntrackRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.protocol.clone(),
+                r.from.clone(),
+                r.to.clone(),
+                format!("{} s", r.idle_seconds),
+                if r.closing { "closing" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    table(&["PROTOCOL", "FROM", "TO", "IDLE", "STATE"], &cells)
+}
+
+/// A quantity with a decimal SI prefix (`40M`, `1.5G`).
+fn si(value: u64) -> String {
+    for (factor, suffix) in [(1_000_000_000u64, "G"), (1_000_000, "M"), (1_000, "k")] {
+        if value >= factor {
+            let scaled = value as f64 / factor as f64;
+            return if scaled.fract() == 0.0 {
+                format!("{scaled}{suffix}")
+            } else {
+                format!("{scaled:.2}{suffix}")
+            };
+        }
+    }
+    value.to_string()
 }
 
 #[cfg(test)]

@@ -170,6 +170,14 @@ enum InspectCommand {
     Policy,
     /// Packet and byte counters per endpoint, direction and reason.
     Counters,
+    /// Rate-limit buckets: scope, owner, kind, direction, rate and burst.
+    Limits,
+    /// Tracked flows (connection tracking).
+    Conntrack {
+        /// Show at most this many flows.
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+    },
     /// Pod interfaces attached through genie-cni, with their networks and addresses (the
     /// pods' `k8s.v1.cni.cncf.io/network-status`), from the node's attachment cache.
     Attachments,
@@ -300,6 +308,16 @@ fn run_inspect(
             require_bpffs()?;
             let rows = inspect::counters(bpffs)?;
             (serde_json::to_value(&rows)?, cli::counters_table(&rows))
+        }
+        InspectCommand::Limits => {
+            require_bpffs()?;
+            let rows = inspect::limits(bpffs, state_dir)?;
+            (serde_json::to_value(&rows)?, cli::limits_table(&rows))
+        }
+        InspectCommand::Conntrack { limit } => {
+            require_bpffs()?;
+            let rows = inspect::conntrack(bpffs, limit)?;
+            (serde_json::to_value(&rows)?, cli::conntrack_table(&rows))
         }
         InspectCommand::Attachments => {
             let rows = Cache::open(&state_dir.join("cni"))?.statuses()?;

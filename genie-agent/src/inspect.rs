@@ -303,3 +303,115 @@ pub fn counters(bpffs: &Path) -> Result<Vec<CounterRowView>, DataplaneError> {
         })
         .collect())
 }
+
+/// One rate-limit bucket with its owner named.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitRow {
+    /// `endpoint` (its own bucket) or `network` (shared by the network's endpoints).
+    pub scope: String,
+    /// The endpoint (`namespace/pod interface`, or its id) or the network (`tenant/network`).
+    pub owner: String,
+    /// `bandwidth` or `qps`.
+    pub kind: String,
+    pub direction: String,
+    /// Bits per second (bandwidth) or new flows per second (QPS).
+    pub rate: u64,
+    /// Bits (bandwidth) or flows (QPS) passed at once after idling.
+    pub burst: u64,
+}
+
+/// The rate-limit buckets, from the pins.
+pub fn limits(bpffs: &Path, state_dir: &Path) -> Result<Vec<LimitRow>, DataplaneError> {
+    use genie_common::ratelimit::kind;
+    let maps = PinnedMaps::open(bpffs)?;
+    let state = maps.read_state()?;
+    let names = IdentityNames(state.identities.clone());
+    let registry = Registry::open(state_dir).unwrap_or_default();
+    Ok(state
+        .buckets
+        .iter()
+        .map(|(key, config)| {
+            let (per_second, burst) = (config.rate, config.burst);
+            let bytes = key.kind == kind::BYTES;
+            let owner = if key.network_scope != 0 {
+                names.label(key.owner)
+            } else {
+                registry.get(key.owner).map_or_else(
+                    || format!("endpoint {}", key.owner),
+                    |e| {
+                        format!(
+                            "{}/{} {}",
+                            e.request.namespace, e.request.pod, e.request.interface
+                        )
+                    },
+                )
+            };
+            LimitRow {
+                scope: if key.network_scope != 0 {
+                    "network"
+                } else {
+                    "endpoint"
+                }
+                .to_owned(),
+                owner,
+                kind: if bytes { "bandwidth" } else { "qps" }.to_owned(),
+                direction: genie_common::Direction::from_u8(key.direction)
+                    .map_or("?", |d| d.name())
+                    .to_owned(),
+                rate: if bytes { per_second * 8 } else { per_second },
+                burst: if bytes { burst * 8 } else { burst },
+            }
+        })
+        .collect())
+}
+
+/// One tracked flow.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackRow {
+    pub protocol: String,
+    /// The side that opened the flow, `address:port`.
+    pub from: String,
+    pub to: String,
+    /// Seconds since the flow was last seen (refreshed at most once a second).
+    pub idle_seconds: u64,
+    pub closing: bool,
+}
+
+/// Tracked flows, from the pins; at most `limit` of them.
+pub fn conntrack(bpffs: &Path, limit: usize) -> Result<Vec<ConntrackRow>, DataplaneError> {
+    use genie_common::maps::ct_flags;
+    let maps = PinnedMaps::open(bpffs)?;
+    // The programs stamp flows with CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns).
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let mut rows = Vec::new();
+    for entry in maps.conntrack.iter().take(limit) {
+        let (key, value) = entry.map_err(|source| DataplaneError::Map {
+            name: genie_common::maps::CONNTRACK_MAP,
+            source,
+        })?;
+        let lo = format!("{}:{}", ip_from16(key.addr_lo), key.port_lo);
+        let hi = format!("{}:{}", ip_from16(key.addr_hi), key.port_hi);
+        let (from, to) = if value.flags & ct_flags::OPENED_BY_LO != 0 {
+            (lo, hi)
+        } else {
+            (hi, lo)
+        };
+        rows.push(ConntrackRow {
+            protocol: protocol_name(key.protocol),
+            from,
+            to,
+            idle_seconds: now.saturating_sub(value.last_seen_ns) / 1_000_000_000,
+            closing: value.flags & ct_flags::CLOSING != 0,
+        });
+    }
+    rows.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
+    Ok(rows)
+}

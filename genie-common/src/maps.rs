@@ -215,7 +215,7 @@ pub struct BucketValue {
     pub tat: u64,
     pub config: crate::ratelimit::BucketConfig,
 }
-const _: () = assert!(size_of::<BucketValue>() == 32);
+const _: () = assert!(size_of::<BucketValue>() == 48);
 
 /// Value of [`ADDRS_MAP`] (key: [`IpAddr16`]).
 #[repr(C)]

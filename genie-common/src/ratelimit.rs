@@ -111,8 +111,13 @@ pub struct BucketConfig {
     pub unit_cost: u64,
     /// How far ahead of now `tat` may run, in nanoseconds (the burst at this rate).
     pub burst_ns: u64,
+    /// The configured rate in units (bytes or flows) per second, as given: for inspection
+    /// (`unit_cost` is the rounded form the programs use).
+    pub rate: u64,
+    /// The configured burst in units, as given.
+    pub burst: u64,
 }
-const _: () = assert!(size_of::<BucketConfig>() == 16);
+const _: () = assert!(size_of::<BucketConfig>() == 32);
 
 impl BucketConfig {
     /// A bucket passing `rate` units per second with bursts of `burst` units.
@@ -122,6 +127,8 @@ impl BucketConfig {
         Self {
             unit_cost,
             burst_ns: ((burst as u128 * 1_000_000_000u128) / rate as u128) as u64,
+            rate,
+            burst,
         }
     }
 

@@ -42,7 +42,11 @@ spec:
 apiVersion: genie.dev/v1alpha1
 kind: LogicalNetwork
 metadata: {name: red-b}
-spec: {tenant: red, subnet: 198.18.2.0/24}
+spec:
+  tenant: red
+  subnet: 198.18.2.0/24
+  # Far above anything the tests send: it gives `genie inspect limits` something to show.
+  limits: {egressBandwidth: 10G, ingressQPS: 100000, scope: Network}
 ---
 apiVersion: genie.dev/v1alpha1
 kind: LogicalNetwork
@@ -409,6 +413,32 @@ fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
     };
     let endpoints = inspect("endpoints");
     let policy = inspect("policy");
+    let limits = inspect("limits");
+    let shared: Vec<(String, String, u64)> = serde_json::from_str::<serde_json::Value>(&limits)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["owner"].as_str().unwrap().to_owned(),
+                r["kind"].as_str().unwrap().to_owned(),
+                r["rate"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shared,
+        [
+            (
+                "red/red-b".to_owned(),
+                "bandwidth".to_owned(),
+                10_000_000_000
+            ),
+            ("red/red-b".to_owned(), "qps".to_owned(), 100_000),
+        ],
+        "one shared bucket per kind and direction for the network"
+    );
     let rows: serde_json::Value = serde_json::from_str(&endpoints).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), PODS.len());
@@ -441,6 +471,7 @@ fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
         "same output with the agent down"
     );
     assert_eq!(inspect("policy"), policy, "same output with the agent down");
+    assert_eq!(inspect("limits"), limits, "same output with the agent down");
 }
 
 #[test]
