@@ -472,6 +472,24 @@ fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
     );
     assert_eq!(inspect("policy"), policy, "same output with the agent down");
     assert_eq!(inspect("limits"), limits, "same output with the agent down");
+
+    // A flow red-a → red-b on the allowed port is tracked, named from its opener.
+    let (client, server) = (node.topo.pod("ra1"), node.topo.pod("rb1"));
+    assert!(traffic::tcp_echo(client, server, 8080).unwrap());
+    let flows: serde_json::Value = serde_json::from_str(&inspect("conntrack")).unwrap();
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["protocol"] == "TCP"
+                && f["to"] == format!("{}:8080", server.ipv4)
+                && f["from"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{}:", client.ipv4))),
+        "{flows}"
+    );
 }
 
 #[test]
