@@ -2,7 +2,9 @@
 
 use crate::{
     cni::cache::ContainerStatus,
-    inspect::{ConntrackRow, CounterRowView, EndpointRow, LimitRow, PolicyView},
+    inspect::{
+        ConntrackRow, CounterRowView, EndpointRow, LimitRow, NetworkRow, PolicyView, StatsRow,
+    },
 };
 
 /// Renders rows as a table whose columns are as wide as their widest cell.
@@ -229,6 +231,71 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> String {
         })
         .collect();
     table(&["PROTOCOL", "FROM", "TO", "IDLE", "STATE"], &cells)
+}
+
+/// `genie inspect networks`.
+pub fn networks_table(rows: &[NetworkRow]) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.tenant.clone(),
+                r.network.clone(),
+                r.identity.to_string(),
+                if r.cidrs.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.cidrs.join(",")
+                },
+                r.endpoints.to_string(),
+                yes_no(r.allow_host_access),
+                yes_no(r.allow_external),
+                yes_no(r.allow_external_ingress),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TENANT",
+            "NETWORK",
+            "IDENTITY",
+            "CIDRS",
+            "ENDPOINTS",
+            "HOST ACCESS",
+            "EXTERNAL",
+            "EXTERNAL INGRESS",
+        ],
+        &cells,
+    )
+}
+
+/// `genie inspect stats`.
+pub fn stats_table(rows: &[StatsRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.tenant.clone(),
+                r.network.clone(),
+                r.direction.clone(),
+                r.reason.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TENANT",
+            "NETWORK",
+            "DIRECTION",
+            "REASON",
+            "PACKETS",
+            "BYTES",
+        ],
+        &cells,
+    )
 }
 
 /// A quantity with a decimal SI prefix (`40M`, `1.5G`).

@@ -170,6 +170,10 @@ enum InspectCommand {
     Policy,
     /// Packet and byte counters per endpoint, direction and reason.
     Counters,
+    /// Networks (identities) with their address ranges, flags and endpoints on this node.
+    Networks,
+    /// Packets and bytes per tenant, network, direction and reason, summed over endpoints.
+    Stats,
     /// Rate-limit buckets: scope, owner, kind, direction, rate and burst.
     Limits,
     /// Tracked flows (connection tracking).
@@ -308,6 +312,16 @@ fn run_inspect(
             require_bpffs()?;
             let rows = inspect::counters(bpffs)?;
             (serde_json::to_value(&rows)?, cli::counters_table(&rows))
+        }
+        InspectCommand::Networks => {
+            require_bpffs()?;
+            let rows = inspect::networks(bpffs)?;
+            (serde_json::to_value(&rows)?, cli::networks_table(&rows))
+        }
+        InspectCommand::Stats => {
+            require_bpffs()?;
+            let rows = inspect::stats(bpffs)?;
+            (serde_json::to_value(&rows)?, cli::stats_table(&rows))
         }
         InspectCommand::Limits => {
             require_bpffs()?;

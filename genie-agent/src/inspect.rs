@@ -415,3 +415,101 @@ pub fn conntrack(bpffs: &Path, limit: usize) -> Result<Vec<ConntrackRow>, Datapl
     rows.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
     Ok(rows)
 }
+
+/// One identity (a tenant's network, or a reserved class) as the node enforces it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRow {
+    pub tenant: String,
+    pub network: String,
+    pub identity: u32,
+    /// Address ranges classified as this identity.
+    pub cidrs: Vec<String>,
+    /// Endpoints of this identity on the node.
+    pub endpoints: usize,
+    pub allow_host_access: bool,
+    pub allow_external: bool,
+    pub allow_external_ingress: bool,
+}
+
+/// Networks with their subnets, flags and local endpoints, from the pins.
+pub fn networks(bpffs: &Path) -> Result<Vec<NetworkRow>, DataplaneError> {
+    let view = policy(bpffs)?;
+    let state = PinnedMaps::open(bpffs)?.read_state()?;
+    let names = IdentityNames(state.identities.clone());
+    let mut rows: Vec<NetworkRow> = view
+        .identities
+        .into_iter()
+        .map(|i| NetworkRow {
+            cidrs: view
+                .cidrs
+                .iter()
+                .filter(|c| c.identity == names.label(i.identity))
+                .map(|c| c.cidr.clone())
+                .collect(),
+            endpoints: state
+                .endpoints
+                .values()
+                .filter(|e| e.identity == i.identity)
+                .count(),
+            tenant: i.tenant,
+            network: i.network,
+            identity: i.identity,
+            allow_host_access: i.allow_host_access,
+            allow_external: i.allow_external,
+            allow_external_ingress: i.allow_external_ingress,
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.tenant, &a.network).cmp(&(&b.tenant, &b.network)));
+    Ok(rows)
+}
+
+/// Traffic of one (tenant, network, direction, reason), summed over endpoints.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsRow {
+    pub tenant: String,
+    pub network: String,
+    pub direction: String,
+    pub reason: String,
+    pub dropped: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters summed per tenant, network, direction and reason (what the metrics export).
+pub fn stats(bpffs: &Path) -> Result<Vec<StatsRow>, DataplaneError> {
+    let maps = PinnedMaps::open(bpffs)?;
+    let names = IdentityNames::read(&maps)?;
+    let mut sums: BTreeMap<
+        (
+            String,
+            String,
+            genie_common::Direction,
+            genie_common::Reason,
+        ),
+        (u64, u64),
+    > = BTreeMap::new();
+    for row in read_counters(bpffs)? {
+        let (tenant, network) = names.parts(row.identity);
+        let slot = sums
+            .entry((tenant, network, row.direction, row.reason))
+            .or_default();
+        slot.0 += row.value.packets;
+        slot.1 += row.value.bytes;
+    }
+    Ok(sums
+        .into_iter()
+        .map(
+            |((tenant, network, direction, reason), (packets, bytes))| StatsRow {
+                tenant,
+                network,
+                direction: direction.name().to_owned(),
+                reason: reason.name().to_owned(),
+                dropped: reason.is_drop(),
+                packets,
+                bytes,
+            },
+        )
+        .collect())
+}

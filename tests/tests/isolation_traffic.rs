@@ -414,6 +414,17 @@ fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
     let endpoints = inspect("endpoints");
     let policy = inspect("policy");
     let limits = inspect("limits");
+    let networks = inspect("networks");
+    let stats = inspect("stats");
+    let parsed: serde_json::Value = serde_json::from_str(&networks).unwrap();
+    let red_b = parsed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["tenant"] == "red" && n["network"] == "red-b")
+        .unwrap_or_else(|| panic!("{parsed}"));
+    assert_eq!(red_b["cidrs"], serde_json::json!(["198.18.2.0/24"]));
+    assert_eq!(red_b["endpoints"], 1);
     let shared: Vec<(String, String, u64)> = serde_json::from_str::<serde_json::Value>(&limits)
         .unwrap()
         .as_array()
@@ -472,6 +483,8 @@ fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
     );
     assert_eq!(inspect("policy"), policy, "same output with the agent down");
     assert_eq!(inspect("limits"), limits, "same output with the agent down");
+    assert_eq!(inspect("networks"), networks, "same output with the agent down");
+    assert_eq!(inspect("stats"), stats, "same output with the agent down");
 
     // A flow red-a → red-b on the allowed port is tracked, named from its opener.
     let (client, server) = (node.topo.pod("ra1"), node.topo.pod("rb1"));

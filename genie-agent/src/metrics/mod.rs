@@ -8,18 +8,15 @@ pub mod http;
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
-use genie_common::{
-    Direction, Reason,
-    maps::{
-        ADDRS_MAP, CIDRS_MAP, CONNTRACK_MAP, COUNTERS_MAP, ENDPOINTS_MAP, IDENTITIES_MAP,
-        LIMITS_MAP, MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS, MAX_ENDPOINTS,
-        MAX_IDENTITIES, MAX_POLICY, POLICY_MAP,
-    },
+use genie_common::maps::{
+    ADDRS_MAP, CIDRS_MAP, CONNTRACK_MAP, COUNTERS_MAP, ENDPOINTS_MAP, IDENTITIES_MAP, LIMITS_MAP,
+    MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS, MAX_ENDPOINTS, MAX_IDENTITIES,
+    MAX_POLICY, POLICY_MAP,
 };
 
 use crate::{
-    dataplane::{DataplaneError, PinnedMaps, read_counters},
-    inspect::IdentityNames,
+    dataplane::{DataplaneError, PinnedMaps},
+    inspect::{IdentityNames, stats},
 };
 
 /// Upper bounds of the duration histograms, in seconds.
@@ -94,16 +91,7 @@ pub fn render(bpffs: &Path, agent: &AgentMetrics, ready: bool) -> Result<String,
     let names = IdentityNames::read(&maps)?;
     let mut out = String::new();
 
-    // Packets and bytes per (tenant, network, direction, reason), summed over endpoints.
-    let mut traffic: BTreeMap<(String, String, Direction, Reason), (u64, u64)> = BTreeMap::new();
-    for row in read_counters(bpffs)? {
-        let (tenant, network) = names.parts(row.identity);
-        let slot = traffic
-            .entry((tenant, network, row.direction, row.reason))
-            .or_default();
-        slot.0 += row.value.packets;
-        slot.1 += row.value.bytes;
-    }
+    let traffic = stats(bpffs)?;
     for (name, help, pick, drops_only) in [
         (
             "genie_packets_total",
@@ -125,18 +113,18 @@ pub fn render(bpffs: &Path, agent: &AgentMetrics, ready: bool) -> Result<String,
         ),
     ] {
         header(&mut out, name, "counter", help);
-        for ((tenant, network, direction, reason), values) in &traffic {
-            if drops_only && !reason.is_drop() {
+        for row in &traffic {
+            if drops_only && !row.dropped {
                 continue;
             }
-            let value = if pick == 0 { values.0 } else { values.1 };
+            let value = if pick == 0 { row.packets } else { row.bytes };
             let _ = writeln!(
                 out,
                 "{name}{{tenant=\"{}\",network=\"{}\",direction=\"{}\",reason=\"{}\"}} {value}",
-                escape(tenant),
-                escape(network),
-                direction.name(),
-                reason.name()
+                escape(&row.tenant),
+                escape(&row.network),
+                row.direction,
+                row.reason
             );
         }
     }
