@@ -483,7 +483,11 @@ fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
     );
     assert_eq!(inspect("policy"), policy, "same output with the agent down");
     assert_eq!(inspect("limits"), limits, "same output with the agent down");
-    assert_eq!(inspect("networks"), networks, "same output with the agent down");
+    assert_eq!(
+        inspect("networks"),
+        networks,
+        "same output with the agent down"
+    );
     assert_eq!(inspect("stats"), stats, "same output with the agent down");
 
     // A flow red-a → red-b on the allowed port is tracked, named from its opener.
