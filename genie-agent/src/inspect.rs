@@ -18,6 +18,7 @@ use crate::{
     dataplane::AttachSide,
     dataplane::{DataplaneError, PinnedMaps, read_counters},
     endpoint::Registry,
+    reconcile::DesiredState,
 };
 
 /// An address from the maps' 16-byte form.
@@ -209,7 +210,10 @@ pub fn protocol_name(protocol: u8) -> String {
 /// Reads the policy matrix, identities and CIDRs from the pins.
 pub fn policy(bpffs: &Path) -> Result<PolicyView, DataplaneError> {
     let maps = PinnedMaps::open(bpffs)?;
-    let state = maps.read_state()?;
+    policy_view(&maps, &maps.read_state()?)
+}
+
+fn policy_view(maps: &PinnedMaps, state: &DesiredState) -> Result<PolicyView, DataplaneError> {
     let names = IdentityNames(state.identities.clone());
     let identities = state
         .identities
@@ -434,8 +438,9 @@ pub struct NetworkRow {
 
 /// Networks with their subnets, flags and local endpoints, from the pins.
 pub fn networks(bpffs: &Path) -> Result<Vec<NetworkRow>, DataplaneError> {
-    let view = policy(bpffs)?;
-    let state = PinnedMaps::open(bpffs)?.read_state()?;
+    let maps = PinnedMaps::open(bpffs)?;
+    let state = maps.read_state()?;
+    let view = policy_view(&maps, &state)?;
     let names = IdentityNames(state.identities.clone());
     let mut rows: Vec<NetworkRow> = view
         .identities

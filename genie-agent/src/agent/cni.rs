@@ -156,24 +156,20 @@ impl Agent {
                 subnets: network.subnets.clone(),
             });
         }
-        if let Some(tenant) = tenant
-            && let Some(quota) = model.tenants[tenant].quota_endpoints
+        if let Some(usage) = self.quota_usage(model, namespace)
+            && usage.used + plan.len() > usage.quota
         {
-            let used = self
-                .registry
-                .all()
-                .filter(|e| model.namespace_tenant.get(&e.request.namespace) == Some(tenant))
-                .count();
-            if used + plan.len() > quota as usize {
-                return Err(CniError::new(
-                    code::QUOTA_REACHED,
-                    format!(
-                        "pod {pod_name} needs {} endpoints, but tenant {tenant:?} uses {used} of its quota of {quota}",
-                        plan.len()
-                    ),
-                    tenant.clone(),
-                ));
-            }
+            return Err(CniError::new(
+                code::QUOTA_REACHED,
+                format!(
+                    "pod {pod_name} needs {} endpoints, but tenant {:?} uses {} of its quota of {}",
+                    plan.len(),
+                    usage.tenant,
+                    usage.used,
+                    usage.quota
+                ),
+                usage.tenant,
+            ));
         }
         Ok(plan)
     }

@@ -60,6 +60,9 @@ pub enum AgentError {
     /// A request that cannot be granted; nothing was changed.
     #[error("{field}: {message}")]
     Refused { field: String, message: String },
+    /// The tenant owning the namespace has used its endpoint quota; nothing was changed.
+    #[error("tenant {tenant:?} has reached its quota of {quota} endpoints")]
+    QuotaReached { tenant: String, quota: usize },
     /// The agent has no valid configuration yet.
     #[error("the agent has no valid configuration yet: {0}")]
     NotReady(String),
@@ -74,6 +77,14 @@ impl AgentError {
             message: message.into(),
         }
     }
+}
+
+/// How much of its endpoint quota a tenant uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub tenant: String,
+    pub quota: usize,
+    pub used: usize,
 }
 
 /// What `status` reports.
@@ -273,6 +284,23 @@ impl Agent {
         Ok(stats)
     }
 
+    /// The quota of the tenant owning `namespace` and the endpoints it has registered, when
+    /// that tenant has a quota.
+    fn quota_usage(&self, model: &Model, namespace: &str) -> Option<QuotaUsage> {
+        let tenant = model.namespace_tenant.get(namespace)?;
+        let quota = model.tenants[tenant].quota_endpoints? as usize;
+        let used = self
+            .registry
+            .all()
+            .filter(|e| model.namespace_tenant.get(&e.request.namespace) == Some(tenant))
+            .count();
+        Some(QuotaUsage {
+            tenant: tenant.clone(),
+            quota,
+            used,
+        })
+    }
+
     /// The current status.
     pub fn status(&self) -> Status {
         Status {
@@ -340,20 +368,13 @@ impl Agent {
                 ));
             }
         }
-        if let Some(tenant) = model.namespace_tenant.get(&request.namespace)
-            && let Some(quota) = model.tenants[tenant].quota_endpoints
+        if let Some(usage) = self.quota_usage(model, &request.namespace)
+            && usage.used >= usage.quota
         {
-            let used = self
-                .registry
-                .all()
-                .filter(|e| model.namespace_tenant.get(&e.request.namespace) == Some(tenant))
-                .count();
-            if used >= quota as usize {
-                return Err(AgentError::refused(
-                    "namespace",
-                    format!("tenant {tenant:?} has reached its quota of {quota} endpoints"),
-                ));
-            }
+            return Err(AgentError::QuotaReached {
+                tenant: usage.tenant,
+                quota: usage.quota,
+            });
         }
         let ifindex = crate::dataplane::interface_index(&request.netns, &request.host_interface)?;
         // Host-side endpoint records are keyed by interface index, which is unique only within

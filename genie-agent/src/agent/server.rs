@@ -206,6 +206,9 @@ fn respond(agent: &mut Agent, request: Request) -> Response {
 fn error_response(e: AgentError) -> Response {
     match e {
         AgentError::Refused { field, message } => Response::error("refused", &field, message),
+        quota @ AgentError::QuotaReached { .. } => {
+            Response::error("refused", "namespace", quota.to_string())
+        }
         AgentError::NotReady(m) => Response::error("not-ready", "", m),
         other => Response::error("internal", "", other.to_string()),
     }

@@ -112,7 +112,7 @@ fn delegate_error(attachment: &str, e: DelegateError) -> CniError {
 fn agent_error(attachment: &str, e: AgentError) -> CniError {
     let code = match &e {
         AgentError::NotReady(_) => code::TRY_AGAIN_LATER,
-        AgentError::Refused { message, .. } if message.contains("quota") => code::QUOTA_REACHED,
+        AgentError::QuotaReached { .. } => code::QUOTA_REACHED,
         _ => code::ATTACH_FAILED,
     };
     CniError::new(code, format!("{attachment}: {e}"), "")
@@ -176,9 +176,10 @@ impl CniHandler {
                 (n.to_owned(), p.to_owned())
             });
         let plan = lock(agent).cni_plan(&namespace, &pod)?;
+        let runtime_bandwidth = runtime_bandwidth(conf)?;
         let mut prepared = Vec::with_capacity(plan.len());
         for planned in &plan {
-            prepared.push(self.prepare(env, conf, planned, &runtime_ifname)?);
+            prepared.push(self.prepare(env, conf, planned, &runtime_ifname, runtime_bandwidth)?);
         }
         let mut record = CachedContainer {
             container_id,
@@ -194,14 +195,10 @@ impl CniHandler {
         let mut primary = None;
         for attachment in prepared {
             let label = attachment_label(&attachment);
+            let is_primary = attachment.ifname == runtime_ifname;
             match self.attach_one(agent, &mut record, attachment) {
-                Ok(result) => {
-                    if record.attachments.last().map(|a| a.ifname.as_str())
-                        == Some(runtime_ifname.as_str())
-                    {
-                        primary = Some(result);
-                    }
-                }
+                Ok(result) if is_primary => primary = Some(result),
+                Ok(_) => {}
                 Err(error) => {
                     if let Err(cleanup) = self.teardown(agent, &mut record) {
                         warn!(container = %record.container_id, error = %cleanup, "rolling back a failed ADD left attachments; DEL or GC will retry");
@@ -230,6 +227,7 @@ impl CniHandler {
         conf: &NetConf,
         planned: &PlannedAttachment,
         runtime_ifname: &str,
+        runtime_bandwidth: Option<BandwidthRequest>,
     ) -> Result<CachedAttachment, CniError> {
         let ifname = if planned.interface == DEFAULT_INTERFACE {
             runtime_ifname.to_owned()
@@ -261,7 +259,7 @@ impl CniHandler {
         .map_err(|e| delegate_error(&label, e))?;
         // The runtime's bandwidth capability (kubelet fills it from the pod's
         // `kubernetes.io/*-bandwidth` annotations) is for its own interface.
-        let bandwidth = match runtime_bandwidth(conf)? {
+        let bandwidth = match runtime_bandwidth {
             Some(b) if ifname == runtime_ifname => Some(b),
             _ => planned.bandwidth,
         };
