@@ -237,6 +237,19 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// Waits until the pinned limits map holds exactly `want` buckets (a changed limit has
+    /// been applied).
+    pub fn wait_for_buckets(&self, what: &str, want: usize) -> Result<()> {
+        let bpffs = self.bpffs().to_owned();
+        self.wait_for(what, || {
+            genie_agent::dataplane::PinnedMaps::open(&bpffs)
+                .and_then(|m| m.read_state())
+                .is_ok_and(|s| s.buckets.len() == want)
+        })
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.kill_agent();

@@ -11,6 +11,7 @@ use genie_agent::dataplane::read_counters;
 use genie_common::{Direction, Reason};
 use genie_tests::{
     TestNode, Topology,
+    fixtures::limited_network,
     traffic::{self, EchoConnection, EchoServer, connection_flood, iperf3},
 };
 
@@ -18,32 +19,13 @@ use genie_tests::{
 /// loaded 2-core VM; `cargo xtask bench limits` reports the exact numbers.
 const TOLERANCE: f64 = 0.15;
 
-fn objects(limits: &str) -> String {
-    format!(
-        "
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {{name: red}}
-spec: {{namespaces: [red]}}
----
-apiVersion: genie.dev/v1alpha1
-kind: LogicalNetwork
-metadata: {{name: lim}}
-spec:
-  tenant: red
-  subnet: 198.18.0.0/24
-  limits: {limits}
-"
-    )
-}
-
 /// Pods `a`, `b`, `c` on network `lim`, registered with the real agent.
 fn node(limits: &str) -> TestNode {
     let mut topo = Topology::new().unwrap();
     for label in ["a", "b", "c"] {
         topo.add_pod(label).unwrap();
     }
-    let node = TestNode::new(topo, &objects(limits)).unwrap();
+    let node = TestNode::new(topo, &limited_network(limits)).unwrap();
     node.spawn_agent().unwrap();
     for label in ["a", "b", "c"] {
         node.register(label, "red", "lim").unwrap();
@@ -62,17 +44,6 @@ fn assert_near(measured: f64, limit: f64, what: &str) {
     );
 }
 
-/// Waits until the agent has applied a changed limit (the maps show the new bucket).
-fn wait_for_buckets(node: &TestNode, what: &str, want: usize) {
-    let bpffs = node.bpffs().to_owned();
-    node.wait_for(what, || {
-        genie_agent::dataplane::PinnedMaps::open(&bpffs)
-            .and_then(|m| m.read_state())
-            .is_ok_and(|s| s.buckets.len() == want)
-    })
-    .unwrap();
-}
-
 #[test]
 #[ignore = "privileged: creates namespaces, loads eBPF and runs iperf3; run `cargo xtask test`"]
 fn bandwidth_holds_in_each_direction_and_changes_live() {
@@ -82,15 +53,15 @@ fn bandwidth_holds_in_each_direction_and_changes_live() {
     assert_near(run.bits_per_second, 40e6, "egress 40M");
 
     // The same network, now limited on ingress at 20M: applied live, nothing restarted.
-    node.write_objects(&objects("{ingressBandwidth: 20M}"))
+    node.write_objects(&limited_network("{ingressBandwidth: 20M}"))
         .unwrap();
-    wait_for_buckets(&node, "the ingress limit", 3);
+    node.wait_for_buckets("the ingress limit", 3).unwrap();
     let run = iperf3(a, b, 5202, 3, Some(60_000_000)).unwrap();
     assert_near(run.bits_per_second, 20e6, "ingress 20M");
 
     // Limits removed: the same pair runs far above either.
-    node.write_objects(&objects("{}")).unwrap();
-    wait_for_buckets(&node, "no limits", 0);
+    node.write_objects(&limited_network("{}")).unwrap();
+    node.wait_for_buckets("no limits", 0).unwrap();
     let run = iperf3(a, b, 5203, 2, Some(300_000_000)).unwrap();
     assert!(
         run.bits_per_second > 200e6,

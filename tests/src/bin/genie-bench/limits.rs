@@ -12,10 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use genie_agent::{cni::delegate, dataplane::PinnedMaps, netns};
+use genie_agent::{cni::delegate, netns};
 use genie_tests::{
     TestNode, Topology,
     cni::DEBIAN_CNI_PATH,
+    fixtures::limited_network,
     traffic::{EchoConnection, EchoServer, IperfReport, iperf3},
 };
 use serde_json::json;
@@ -29,25 +30,6 @@ const RATES: [(u64, &str); 3] = [
 ];
 const QPS: u64 = 100;
 const FLOOD_SECONDS: u64 = 5;
-
-fn objects(limits: &str) -> String {
-    format!(
-        "
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {{name: red}}
-spec: {{namespaces: [red]}}
----
-apiVersion: genie.dev/v1alpha1
-kind: LogicalNetwork
-metadata: {{name: lim}}
-spec:
-  tenant: red
-  subnet: 198.18.0.0/24
-  limits: {limits}
-"
-    )
-}
 
 /// Busy CPU time of the whole machine (all CPUs), from /proc/stat.
 fn busy_cpu_seconds() -> Result<f64> {
@@ -75,24 +57,16 @@ struct Measured {
     cpu_seconds_per_gbit: f64,
 }
 
-fn measure(node: &TestNode, port: u16) -> Result<Measured> {
-    let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
+/// One TCP run from pod `from` to pod `to`, with the machine's CPU time it cost.
+fn measure(node: &TestNode, from: &str, to: &str, port: u16) -> Result<Measured> {
+    let (from, to) = (node.topo.pod(from), node.topo.pod(to));
     let before = busy_cpu_seconds()?;
-    let report = iperf3(a, b, port, SECONDS, None)?;
+    let report = iperf3(from, to, port, SECONDS, None)?;
     let cpu = busy_cpu_seconds()? - before;
     let gigabits = report.bits_per_second * f64::from(SECONDS) / 1e9;
     Ok(Measured {
         report,
         cpu_seconds_per_gbit: cpu / gigabits.max(1e-9),
-    })
-}
-
-fn wait_for_buckets(node: &TestNode, want: usize) -> Result<()> {
-    let bpffs = node.bpffs().to_owned();
-    node.wait_for("the limit to apply", || {
-        PinnedMaps::open(&bpffs)
-            .and_then(|m| m.read_state())
-            .is_ok_and(|s| s.buckets.len() == want)
     })
 }
 
@@ -182,7 +156,7 @@ pub fn run() -> Result<()> {
     let mut topo = Topology::new()?;
     topo.add_pod("a")?;
     topo.add_pod("b")?;
-    let node = TestNode::new(topo, &objects("{}"))?;
+    let node = TestNode::new(topo, &limited_network("{}"))?;
     node.spawn_agent()?;
     node.register("a", "red", "lim")?;
     node.register("b", "red", "lim")?;
@@ -202,12 +176,12 @@ pub fn run() -> Result<()> {
             } else {
                 format!("{{ingressBandwidth: {label}, scope: Endpoint}}")
             };
-            node.write_objects(&objects(&limits))?;
-            wait_for_buckets(&node, 2)?;
+            node.write_objects(&limited_network(&limits))?;
+            node.wait_for_buckets("the limit to apply", 2)?;
             port += 1;
-            let genie = measure(&node, port)?;
-            node.write_objects(&objects("{}"))?;
-            wait_for_buckets(&node, 0)?;
+            let genie = measure(&node, "a", "b", port)?;
+            node.write_objects(&limited_network("{}"))?;
+            node.wait_for_buckets("the limit to apply", 0)?;
 
             eprintln!(
                 "{} {label}: reference bandwidth plugin",
@@ -221,18 +195,9 @@ pub fn run() -> Result<()> {
                 .context("reference bandwidth plugin ADD")?;
             port += 1;
             let reference = if egress {
-                measure(&node, port)
+                measure(&node, "a", "b", port)
             } else {
-                let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
-                let before = busy_cpu_seconds()?;
-                iperf3(b, a, port, SECONDS, None).and_then(|report| {
-                    let cpu = busy_cpu_seconds()? - before;
-                    Ok(Measured {
-                        cpu_seconds_per_gbit: cpu
-                            / (report.bits_per_second * f64::from(SECONDS) / 1e9).max(1e-9),
-                        report,
-                    })
-                })
+                measure(&node, "b", "a", port)
             };
             delegate::del(&bandwidth_plugin, &invocation, &config, None)
                 .context("reference bandwidth plugin DEL")?;
@@ -250,8 +215,8 @@ pub fn run() -> Result<()> {
     }
 
     eprintln!("QPS {QPS}/s: flood at {}/s", 5 * QPS);
-    node.write_objects(&objects(&format!("{{ingressQPS: {QPS}}}")))?;
-    wait_for_buckets(&node, 2)?;
+    node.write_objects(&limited_network(&format!("{{ingressQPS: {QPS}}}")))?;
+    node.wait_for_buckets("the limit to apply", 2)?;
     let (a, b) = (node.topo.pod("a"), node.topo.pod("b"));
     let _server = EchoServer::start(b, 7300)?;
     let mut established = EchoConnection::open(a, b, 7301)?;
