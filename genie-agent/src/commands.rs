@@ -89,6 +89,12 @@ struct AgentArgs {
     /// authentication, so bind it to localhost or a node-internal address.
     #[arg(long)]
     metrics_address: Option<std::net::SocketAddr>,
+    /// cgroup v2 directory whose TCP connections genie paces to their bandwidth limits (a
+    /// sock_ops program; pods' sockets must be below it). `auto`: the root of the cgroup v2
+    /// mount; `none`: no pacing (limits still hold; a single TCP flow then falls short of its
+    /// limit).
+    #[arg(long, default_value = "auto")]
+    pacing_cgroup: String,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +232,17 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         socket: args.paths.socket.clone(),
         host_cidrs: args.host_cidrs,
         dns: args.dns,
+        pacing_cgroup: match args.pacing_cgroup.as_str() {
+            "none" => None,
+            "auto" => {
+                let root = genie_agent::dataplane::cgroup2_root();
+                if root.is_none() {
+                    tracing::warn!("no cgroup v2 mount: TCP pacing is off");
+                }
+                root
+            }
+            path => Some(PathBuf::from(path)),
+        },
     };
     let agent = Agent::start(config).context("starting the agent")?;
     agent::server::serve(agent, &args.paths.socket, args.metrics_address)

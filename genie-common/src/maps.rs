@@ -146,14 +146,19 @@ pub const fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
 impl IpAddr16 {
     /// The IPv4-mapped form of an IPv4 address given as network-order bytes.
     pub const fn from_v4(octets: [u8; 4]) -> Self {
-        let words: [u32; 4] = [
+        // Built from words, the BPF backend stores four words instead of calling `memset` for
+        // the zero prefix.
+        Self::from_words([
             0,
             0,
             u32::from_ne_bytes([0, 0, 0xff, 0xff]),
             u32::from_ne_bytes(octets),
-        ];
-        // Built from words, the BPF backend stores four words instead of calling `memset` for
-        // the zero prefix.
+        ])
+    }
+
+    /// An address given as four words holding its network-order bytes (the kernel's
+    /// `__be32[4]`, as in `struct bpf_sock_ops`).
+    pub const fn from_words(words: [u32; 4]) -> Self {
         // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size and every bit pattern is a
         // valid byte array.
         let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
@@ -367,8 +372,9 @@ pub struct Config {
     /// Bumped by the agent after every change to identities or policy; a tracked flow whose
     /// epoch differs is checked again before it may pass (tightening is immediate).
     pub policy_epoch: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// Bumped by the agent after every change to rate-limit buckets: TCP sockets paced for a
+    /// limit (`pace_tcp`) look their rate up again when it differs from the one they recorded.
+    pub limits_epoch: u32,
 }
 const _: () = assert!(size_of::<Config>() == 8);
 

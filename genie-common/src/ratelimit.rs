@@ -161,6 +161,33 @@ impl BucketConfig {
     }
 }
 
+/// Bytes a bucket counts per TCP segment beyond its payload: Ethernet (14), IPv4 (20) or IPv6
+/// (40), and a TCP header with the timestamp option Linux sends by default (32). The kernel's
+/// pacing rate (`SO_MAX_PACING_RATE`) meters payload only; the policer meters whole frames.
+pub const fn segment_overhead(ipv6: bool) -> u64 {
+    14 + if ipv6 { 40 } else { 20 } + 32
+}
+
+/// The pacing rate (payload bytes per second) at which a TCP sender with segments of `mss`
+/// payload bytes puts exactly `limit` bytes per second of frames on the wire when every
+/// segment travels alone — the most a bucket of `limit` can be charged for that payload (a
+/// GSO packet carries its headers once). A sender paced this way never waits for the policer,
+/// so it loses nothing to it.
+///
+/// The result is what `bpf_setsockopt(SO_MAX_PACING_RATE)` takes: an `int` of bytes per second,
+/// where `u32::MAX` means unpaced — the answer for limits too fast for the option (above
+/// 34 Gbit/s), which the bucket alone enforces.
+#[inline(always)]
+pub const fn pacing_rate(limit: u64, mss: u32, ipv6: bool) -> u32 {
+    // An MSS of 0 (not yet known) is priced as the smallest IPv4 MSS (RFC 9293 §3.7.1).
+    let mss = if mss == 0 { 536 } else { mss as u64 };
+    if limit >= u32::MAX as u64 {
+        return u32::MAX;
+    }
+    let rate = limit * mss / (mss + segment_overhead(ipv6));
+    if rate == 0 { 1 } else { rate as u32 }
+}
+
 /// Largest unit count priced exactly; larger packets (none exist: BIG TCP stops at 512 KiB)
 /// are priced as this many.
 pub const MAX_UNITS: u64 = 1 << 24;
@@ -239,6 +266,19 @@ mod tests {
     fn a_gso_packet_fits_the_smallest_burst() {
         let config = BucketConfig::bandwidth(1_000_000, 0);
         assert!(admit(0, 1_000_000_000, 65_536, &config).is_some());
+    }
+
+    #[test]
+    fn a_paced_sender_never_outruns_its_bucket() {
+        // 10 Mbit/s, MSS 1448: every segment costs 1448 + 66 bytes of the bucket.
+        let limit = 1_250_000;
+        let rate = u64::from(pacing_rate(limit, 1448, false));
+        assert!(rate * 1514 / 1448 <= limit && rate * 1514 / 1448 > limit - 1000);
+        // The socket option's range: too fast to express is "unpaced", never 0.
+        assert_eq!(pacing_rate(u64::MAX, 65_000, true), u32::MAX);
+        assert!(pacing_rate(u64::from(u32::MAX) - 1, 65_000, true) < u32::MAX);
+        assert_eq!(pacing_rate(0, 1448, false), 1);
+        assert!(pacing_rate(1_250_000, 0, false) > 0);
     }
 
     #[test]

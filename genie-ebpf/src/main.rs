@@ -4,14 +4,15 @@
 
 mod maps;
 mod metrics;
+mod pacing;
 mod parse;
 mod ratelimit;
 mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::classifier,
-    programs::TcContext,
+    macros::{classifier, sock_ops},
+    programs::{SockOpsContext, TcContext},
 };
 use genie_common::{Direction, Reason, ratelimit::kind};
 
@@ -32,6 +33,15 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bench_pass(_ctx: TcContext) -> i32 {
     TC_ACT_OK
+}
+
+/// cgroup `sock_ops` on the node's cgroup v2 root: paces TCP connections of bandwidth-limited
+/// endpoints so they meet their bucket instead of being dropped by it (see `pacing`).
+#[sock_ops]
+pub fn pace_tcp(ctx: SockOpsContext) -> u32 {
+    pacing::pace(&ctx);
+    // 1: proceed (a cgroup program returning 0 makes some callbacks fail with EPERM).
+    1
 }
 
 #[inline(always)]

@@ -109,6 +109,7 @@ impl TestNode {
             socket: self.socket(),
             host_cidrs: Vec::new(),
             dns: Vec::new(),
+            pacing_cgroup: genie_agent::dataplane::cgroup2_root(),
         }
     }
 

@@ -457,7 +457,7 @@ pub fn tcp_connect_echo(from: &(impl Reachable + ?Sized), to: Ipv4Addr, port: u1
 }
 
 /// What an iperf3 run measured at the receiver.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IperfReport {
     /// Goodput over the whole run, bits/s.
     pub bits_per_second: f64,
@@ -465,6 +465,8 @@ pub struct IperfReport {
     pub first_second: f64,
     /// TCP retransmissions the sender counted.
     pub retransmits: u64,
+    /// Goodput of each second as the receiver counted it, bits/s.
+    pub intervals: Vec<f64>,
 }
 
 /// Runs one iperf3 test from `from` to `to:port` for `seconds` and returns what arrived: TCP,
@@ -532,16 +534,23 @@ pub fn iperf3(
         anyhow::bail!("iperf3 failed: {error}");
     }
     let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    // The receiving server's intervals: the client's count bytes written into its socket, not
+    // delivered.
+    let intervals: Vec<f64> = report["server_output_json"]["intervals"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|i| number(&i["sum"]["bits_per_second"]))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(IperfReport {
         bits_per_second: number(&report["end"]["sum_received"]["bits_per_second"]),
-        // The receiving server's first interval: the client's counts bytes written into its
-        // socket, not delivered.
-        first_second: number(
-            &report["server_output_json"]["intervals"][0]["sum"]["bits_per_second"],
-        ),
+        first_second: intervals.first().copied().unwrap_or(0.0),
         retransmits: report["end"]["sum_sent"]["retransmits"]
             .as_u64()
             .unwrap_or(0),
+        intervals,
     })
 }
 

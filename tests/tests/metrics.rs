@@ -95,6 +95,7 @@ fn scraped_metrics_show_the_drops_under_their_labels() {
     assert!(sample(&body, "genie_reconcile_runs_total").is_some_and(|n| n >= 1.0));
     assert!(sample(&body, "genie_policy_propagation_seconds_count").is_some_and(|n| n >= 1.0));
     assert_eq!(sample(&body, "genie_ready"), Some(1.0));
+    assert_eq!(sample(&body, "genie_tcp_pacing_attached"), Some(1.0));
 
     // An invalid directory is counted and leaves the agent ready: the last valid state stays.
     node.write_objects("kind: Tenant\nmetadata: {name: x}\nspec: {bogus: 1}\n")

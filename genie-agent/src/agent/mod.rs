@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub host_cidrs: Vec<IpNet>,
     /// Cluster DNS service addresses.
     pub dns: Vec<IpAddr>,
+    /// The cgroup v2 directory whose sockets genie paces for bandwidth limits (`None`: no
+    /// pacing; limits are still enforced, single TCP flows just fall short of them).
+    pub pacing_cgroup: Option<PathBuf>,
 }
 
 /// Errors of the agent subsystem.
@@ -140,6 +143,17 @@ impl Agent {
             metrics: AgentMetrics::default(),
         };
         agent.readopt_endpoints()?;
+        if let Some(cgroup) = agent.config.pacing_cgroup.clone() {
+            match agent.dataplane.pace_tcp(&cgroup) {
+                Ok(()) => {
+                    tracing::info!(cgroup = %cgroup.display(), "pacing TCP for bandwidth limits")
+                }
+                Err(err) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(err)),
+                    "TCP pacing unavailable: limits hold, single TCP flows fall short of them"
+                ),
+            }
+        }
         let used_keys: Vec<u32> = agent.registry.all().map(|e| e.pod_key).collect();
         agent.dataplane.start_pod_pool(used_keys);
         agent.reload_config();

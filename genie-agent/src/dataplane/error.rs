@@ -52,6 +52,19 @@ pub enum DataplaneError {
         netns: PathBuf,
         source: Box<ProgramError>,
     },
+    /// Attaching to a cgroup failed.
+    #[error("attaching {program} to cgroup {cgroup} failed: {source}")]
+    AttachCgroup {
+        program: &'static str,
+        cgroup: PathBuf,
+        source: Box<ProgramError>,
+    },
+    /// A cgroup directory could not be opened.
+    #[error("cannot open cgroup {path}: {source}")]
+    OpenCgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The interface does not exist in that namespace.
     #[error("no interface {ifname} in network namespace {netns}: {source}")]
     NoInterface {

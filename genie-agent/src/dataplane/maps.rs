@@ -181,11 +181,17 @@ impl PinnedMaps {
         )?;
         stats.limits_written += delete_stale(&mut self.limits, &c.buckets, &d.buckets, LIMITS_MAP)?;
 
-        if stats.written + stats.deleted > 0 {
+        let policy_changed = stats.written + stats.deleted > 0;
+        if policy_changed || stats.limits_written > 0 {
             let mut config = self.config.get(&0, 0).map_err(map_err(CONFIG_MAP))?;
-            config.policy_epoch = config.policy_epoch.wrapping_add(1);
+            if policy_changed {
+                config.policy_epoch = config.policy_epoch.wrapping_add(1);
+                stats.epoch_bumped = true;
+            }
+            // Paced connections re-read their limit when this moves; an endpoint or address
+            // change can move a connection to another bucket too.
+            config.limits_epoch = config.limits_epoch.wrapping_add(1);
             self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
-            stats.epoch_bumped = true;
         }
         Ok(stats)
     }

@@ -10,6 +10,7 @@ pub mod bpffs;
 mod counters;
 mod error;
 pub mod maps;
+mod pacing;
 mod pod_pool;
 mod sys;
 
@@ -34,6 +35,7 @@ use genie_common::{
     maps::{ALL_MAPS, ENDPOINT_KEY_GLOBAL, in_pod_key},
 };
 pub use maps::{ApplyStats, PinnedMaps};
+pub use pacing::{PACE_TCP_PROGRAM, cgroup2_root, pacing_attached};
 pub use pod_pool::PodInstance;
 use pod_pool::PodPool;
 
@@ -99,7 +101,7 @@ impl Dataplane {
                 source,
             })?;
         }
-        let ebpf = load_instance(
+        let mut ebpf = load_instance(
             bpffs,
             object,
             0,
@@ -109,6 +111,18 @@ impl Dataplane {
                 BENCH_PASS_PROGRAM,
             ],
         )?;
+        let load_err = |source| DataplaneError::ProgramLoad {
+            name: PACE_TCP_PROGRAM,
+            source: Box::new(source),
+        };
+        let pace: &mut aya::programs::SockOps = ebpf
+            .program_mut(PACE_TCP_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram {
+                name: PACE_TCP_PROGRAM,
+            })?
+            .try_into()
+            .map_err(load_err)?;
+        pace.load().map_err(load_err)?;
         Ok(Self {
             ebpf,
             pod_pool: PodPool::new(bpffs.to_owned(), object.to_vec(), 1),

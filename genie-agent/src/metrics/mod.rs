@@ -225,6 +225,17 @@ pub fn render(bpffs: &Path, agent: &AgentMetrics, ready: bool) -> Result<String,
         "1 when the agent has a valid configuration enforced.",
     );
     let _ = writeln!(out, "genie_ready {}", u8::from(ready));
+    header(
+        &mut out,
+        "genie_tcp_pacing_attached",
+        "gauge",
+        "1 when the program pacing TCP to bandwidth limits is attached to the node's cgroup.",
+    );
+    let _ = writeln!(
+        out,
+        "genie_tcp_pacing_attached {}",
+        u8::from(crate::dataplane::pacing_attached(bpffs))
+    );
     Ok(out)
 }
 

@@ -243,7 +243,7 @@ pub fn run() -> Result<()> {
 
     println!("\n## cargo xtask bench limits\n");
     println!(
-        "One TCP flow (iperf3, {SECONDS} s) between two pods of one node, limited by genie (eBPF, scope Endpoint) and by the reference `bandwidth` plugin (TBF; IFB for the pod's egress) in turn, on the same veth pair. CPU is the whole machine's busy time per gigabit delivered.\n"
+        "One TCP flow (iperf3, {SECONDS} s) between two pods of one node, limited by genie (eBPF, scope Endpoint; the sender paced by pace_tcp) and by the reference `bandwidth` plugin (TBF; IFB for the pod's egress) in turn, on the same veth pair. CPU is the whole machine's busy time per gigabit delivered.\n"
     );
     println!(
         "| direction | limit | genie Mbit/s | genie ÷ limit | genie 1st s ÷ limit | genie retransmits | reference Mbit/s | reference ÷ limit | reference 1st s ÷ limit | reference retransmits | CPU s/Gbit genie ÷ reference |"
