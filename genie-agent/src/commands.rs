@@ -119,7 +119,9 @@ enum AgentSubcommand {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -129,10 +131,13 @@ enum EndpointCommand {
     Add(EndpointAddArgs),
     /// Detach and forget a pod interface.
     Remove {
+        /// The pod's Kubernetes namespace.
         #[arg(long)]
         namespace: String,
+        /// The pod's name.
         #[arg(long)]
         pod: String,
+        /// Interface name inside the pod.
         #[arg(long, default_value = "eth0")]
         interface: String,
     },
@@ -144,8 +149,10 @@ enum EndpointCommand {
 
 #[derive(Debug, Args)]
 struct EndpointAddArgs {
+    /// The pod's Kubernetes namespace (its tenant owns the endpoint).
     #[arg(long)]
     namespace: String,
+    /// The pod's name.
     #[arg(long)]
     pod: String,
     /// Logical network, or `default`.
@@ -361,4 +368,39 @@ fn run_inspect(
         print!("{text}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every subcommand and every flag of `genie` explains itself in `--help`.
+    #[test]
+    fn every_subcommand_and_flag_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about text"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}: no help text"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

@@ -55,6 +55,18 @@ fn handle(ctx: &TcContext, direction: Direction) -> i32 {
     {
         verdict.reason = Reason::RateLimitBandwidth;
     }
+    if verdict.reason.is_drop() {
+        // Pruned by the verifier unless the agent loaded this instance with debug logs on
+        // (AYA_LOG_LEVEL is frozen read-only data).
+        aya_log_ebpf::debug!(
+            ctx,
+            "drop: endpoint {} {} {} ({} bytes)",
+            verdict.endpoint.endpoint_id,
+            direction.name(),
+            verdict.reason.name(),
+            ctx.len()
+        );
+    }
     metrics::count(
         verdict.endpoint.endpoint_id,
         verdict.endpoint.identity,

@@ -3,6 +3,7 @@
 //! and the exit code.
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -205,4 +206,33 @@ pub fn default_network(subnet: &str) -> Value {
             "routes": [{"dst": "0.0.0.0/0"}],
         },
     })
+}
+
+/// `genie inspect attachments --json` on `node`: every container's network status.
+pub fn attachments(node: &TestNode) -> Result<Value> {
+    let out = Command::new(genie_binary())
+        .args(["inspect", "attachments", "--json", "--state-dir"])
+        .arg(node.state_dir())
+        .arg("--bpffs")
+        .arg(node.bpffs())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "genie inspect attachments: {out:?}");
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The network status of one pod (`k8s.v1.cni.cncf.io/network-status` entries), by interface.
+pub fn network_status(node: &TestNode, pod: &str) -> Result<BTreeMap<String, Value>> {
+    let all = attachments(node)?;
+    let container = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["pod"] == pod)
+        .with_context(|| format!("no attachments for {pod}: {all}"))?;
+    Ok(container["networkStatus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["interface"].as_str()?.to_owned(), s.clone())))
+        .collect())
 }

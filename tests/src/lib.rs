@@ -6,11 +6,13 @@
 //! Only 198.18.0.0/15 is used, and nothing is added to the root namespace (DESIGN.md §6).
 
 pub mod cni;
+pub mod demo;
 pub mod fixtures;
 pub mod names;
 pub mod node;
 pub mod packet;
 pub mod probe;
+pub mod prometheus;
 pub mod topology;
 pub mod traffic;
 

@@ -42,6 +42,9 @@ pub struct TestNode {
     dir: PathBuf,
     agent: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
+    /// The agent survives this process (`cargo xtask demo --keep`).
+    outlives_process: bool,
     // Last: dropped after the agent is gone.
     pub topo: Topology,
 }
@@ -55,6 +58,8 @@ impl TestNode {
             dir,
             agent: std::sync::Mutex::new(None),
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
+            outlives_process: false,
             topo,
         };
         node.write_objects(objects)?;
@@ -65,6 +70,37 @@ impl TestNode {
     pub fn with_agent_args(mut self, args: &[&str]) -> Self {
         self.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
         self
+    }
+
+    /// An environment variable for `genie agent` (e.g. `RUST_LOG`).
+    pub fn with_agent_env(mut self, key: &str, value: &str) -> Self {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The directory holding the node's objects, state, socket and agent log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Lets the agent outlive this process (otherwise it dies with it, even on SIGKILL).
+    pub fn outliving_this_process(mut self) -> Self {
+        self.outlives_process = true;
+        self
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Child::id)
+    }
+
+    /// Leaves the node as it is — agent, files, pins and namespaces — when this value goes.
+    pub fn leak(self) {
+        std::mem::forget(self);
     }
 
     /// Replaces `objects.yaml` (atomically, so the agent never reads half a file).
@@ -137,19 +173,22 @@ impl TestNode {
             .arg("--socket")
             .arg(self.socket())
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: the closure only calls prctl, which is async-signal-safe.
-        unsafe {
+        if !self.outlives_process {
             use std::os::unix::process::CommandExt as _;
-            cmd.pre_exec(|| {
-                // The agent dies with the test process even when that is SIGKILLed.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            // SAFETY: the closure only calls prctl, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // The agent dies with the test process even when that is SIGKILLed.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .spawn()

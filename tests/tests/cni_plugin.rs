@@ -14,8 +14,7 @@ use std::{
 use genie_agent::dataplane::PinnedMaps;
 use genie_tests::{
     TestNode, Topology,
-    cni::{Runtime, Sandbox, add_uplink, default_network, invoke_raw},
-    node::genie_binary,
+    cni::{Runtime, Sandbox, add_uplink, default_network, invoke_raw, network_status},
     topology::Netns,
     traffic::{NodeAt, iperf3, ping, tcp_echo},
 };
@@ -182,34 +181,9 @@ impl CniNode {
         }
     }
 
-    /// `genie inspect attachments --json`: every container's network status.
-    fn attachments(&self) -> Value {
-        let out = Command::new(genie_binary())
-            .args(["inspect", "attachments", "--json", "--state-dir"])
-            .arg(self.node.state_dir())
-            .arg("--bpffs")
-            .arg(self.node.bpffs())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
     /// The network status of one pod, by interface.
     fn network_status(&self, pod: &str) -> BTreeMap<String, Value> {
-        let all = self.attachments();
-        let container = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["pod"] == pod)
-            .unwrap_or_else(|| panic!("no attachments for {pod}: {all}"));
-        container["networkStatus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| (s["interface"].as_str().unwrap().to_owned(), s.clone()))
-            .collect()
+        network_status(&self.node, pod).unwrap()
     }
 }
 

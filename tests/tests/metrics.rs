@@ -2,13 +2,11 @@
 //! network, direction and reason genie counted; health and readiness answer; the agent's own
 //! work (reconciles, propagation, rejected configurations) is there.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    time::Duration,
+use genie_tests::{
+    TestNode, Topology,
+    prometheus::{self, sample},
+    traffic,
 };
-
-use genie_tests::{TestNode, Topology, traffic};
 
 const OBJECTS: &str = "
 apiVersion: genie.dev/v1alpha1
@@ -22,31 +20,8 @@ metadata: {name: blue}
 spec: {namespaces: [blue]}
 ";
 
-/// GETs `path` from the agent's metrics address; returns (status code, body).
 fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: genie\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `name{labels}` (labels exactly as rendered), if present.
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    prometheus::get(address, path).unwrap()
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// Which benchmark.
     #[arg(value_enum)]
     which: Benchmark,
-    /// Skip `cargo xtask setup`.
+    /// Skip `cargo xtask setup` (for a machine already set up).
     #[arg(long)]
     skip_setup: bool,
 }

@@ -15,6 +15,10 @@ pub struct DemoArgs {
     /// Skip `cargo xtask setup` (for a machine already set up).
     #[arg(long)]
     skip_setup: bool,
+    /// Leave the node, the pods and the agent running at the end, and print how to poke at
+    /// them and how to remove them.
+    #[arg(long)]
+    keep: bool,
 }
 
 pub fn demo(args: &DemoArgs) -> Result<()> {
@@ -38,5 +42,10 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         "--bins",
     ]))?;
     let target = xtask::toolchain::target_dir(&root);
-    run(Command::new(target.join("debug/genie-demo")).env("GENIE_BIN", target.join("debug/genie")))
+    let mut demo = Command::new(target.join("debug/genie-demo"));
+    demo.env("GENIE_BIN", target.join("debug/genie"));
+    if args.keep {
+        demo.arg("--keep");
+    }
+    run(&mut demo)
 }

@@ -25,10 +25,12 @@ enum Task {
     BuildEbpf,
     /// Setup, formatting and lint checks, unprivileged tests, then privileged tests as root.
     Test(test::TestArgs),
-    /// Build genie, create a node with pods of two tenants, run the real agent, show the
-    /// connectivity matrix, tightening and inspection, clean up.
+    /// A guided tour (as root): the real agent, pods of two tenants added through genie-cni
+    /// (one with three interfaces), the connectivity matrix with drop reasons, the same drops
+    /// in the metrics, a bandwidth and a QPS limit measured, `genie inspect`; then clean up.
     Demo(demo::DemoArgs),
-    /// Run a benchmark (as root): `datapath`.
+    /// Run a benchmark (as root): `datapath`, `cni` or `limits`; results as ratios to a
+    /// baseline measured in the same run.
     Bench(bench::BenchArgs),
 }
 

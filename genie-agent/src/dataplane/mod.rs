@@ -8,6 +8,7 @@
 
 pub mod bpffs;
 mod counters;
+mod ebpf_log;
 mod error;
 pub mod maps;
 mod pacing;
@@ -70,6 +71,8 @@ pub struct Dataplane {
     /// Instances for in-pod endpoints.
     pod_pool: PodPool,
     bpffs: PathBuf,
+    /// Forwards the shared instance's debug logs while they are on.
+    _logs: Option<ebpf_log::EbpfLogs>,
 }
 
 /// Where an endpoint's programs run.
@@ -101,10 +104,12 @@ impl Dataplane {
                 source,
             })?;
         }
+        let log_level = ebpf_log::load_level();
         let mut ebpf = load_instance(
             bpffs,
             object,
             0,
+            log_level,
             &[
                 FROM_ENDPOINT_PROGRAM,
                 TO_ENDPOINT_PROGRAM,
@@ -123,10 +128,12 @@ impl Dataplane {
             .try_into()
             .map_err(load_err)?;
         pace.load().map_err(load_err)?;
+        let logs = ebpf_log::forward(&mut ebpf, log_level);
         Ok(Self {
             ebpf,
             pod_pool: PodPool::new(bpffs.to_owned(), object.to_vec(), 1),
             bpffs: bpffs.to_owned(),
+            _logs: logs,
         })
     }
 
@@ -316,13 +323,14 @@ fn attach_direction(
     Ok(())
 }
 
-/// Loads one instance of `object` with its maps pinned under `bpffs` (adopting existing pins)
-/// and `fixed_key` as its endpoint key (0: by interface index), and loads `programs` into the
-/// kernel.
+/// Loads one instance of `object` with its maps pinned under `bpffs` (adopting existing pins),
+/// `fixed_key` as its endpoint key (0: by interface index) and `log_level` frozen into its
+/// debug-log switch, and loads `programs` into the kernel.
 fn load_instance(
     bpffs: &Path,
     object: &[u8],
     fixed_key: u32,
+    log_level: u8,
     programs: &[&'static str],
 ) -> Result<Ebpf, DataplaneError> {
     let pins: Vec<(&str, PathBuf)> = ALL_MAPS
@@ -334,6 +342,7 @@ fn load_instance(
         loader.map_pin_path(name, path.as_path());
     }
     loader.override_global(ENDPOINT_KEY_GLOBAL, &fixed_key, true);
+    loader.override_global(ebpf_log::LEVEL_GLOBAL, &log_level, true);
     let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
         source: Box::new(source),
     })?;

@@ -139,6 +139,8 @@ fn load(shared: &Shared, slot: u32) -> Result<PodInstance, DataplaneError> {
         &shared.bpffs,
         &shared.object,
         key,
+        // In-pod instances keep their debug logs off: nothing reads their ring buffers.
+        0,
         &[FROM_ENDPOINT_PROGRAM, TO_ENDPOINT_PROGRAM],
     )?;
     Ok(PodInstance { key, ebpf })
