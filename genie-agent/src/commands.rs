@@ -58,6 +58,9 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Print the CustomResourceDefinitions of PhysicalNetwork, LogicalNetwork and Tenant
+    /// (`genie crds | kubectl apply -f -`).
+    Crds,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +207,10 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Endpoint { what, socket } => run_endpoint(what, &socket),
+        Command::Crds => {
+            print!("{}", genie_agent::model::crd::yaml());
+            Ok(())
+        }
         Command::Inspect {
             what,
             bpffs,

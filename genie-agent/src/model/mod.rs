@@ -1,6 +1,7 @@
 //! The validated model: every object of a configuration directory, checked as a whole
 //! (references, overlaps, collisions) before anything reaches the dataplane.
 
+pub mod crd;
 pub mod objects;
 pub mod quantity;
 
