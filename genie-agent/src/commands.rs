@@ -58,6 +58,10 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Install genie-cni on this node (the DaemonSet's init step): copy the binary into the CNI
+    /// binary directory and write 00-genie.conflist in front of the cluster's own
+    /// configuration, which becomes genie's default network.
+    InstallCni(InstallCniArgs),
     /// Print the CustomResourceDefinitions of PhysicalNetwork, LogicalNetwork and Tenant
     /// (`genie crds | kubectl apply -f -`).
     Crds,
@@ -111,6 +115,22 @@ struct NodePaths {
     /// Unix socket for the local API.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct InstallCniArgs {
+    /// The genie-cni binary to install. Default: `genie-cni` next to this executable.
+    #[arg(long)]
+    genie_cni: Option<PathBuf>,
+    /// The node's CNI binary directory (as mounted into the container).
+    #[arg(long, default_value = "/host/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The node's CNI configuration directory (as mounted into the container).
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The agent's API socket as seen from the node (genie-cni runs on the host).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    agent_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +227,27 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Endpoint { what, socket } => run_endpoint(what, &socket),
+        Command::InstallCni(args) => {
+            let genie_cni = match args.genie_cni {
+                Some(path) => path,
+                None => std::env::current_exe()
+                    .context("locating this executable")?
+                    .with_file_name("genie-cni"),
+            };
+            let installed = genie_agent::cni::install::install(
+                &genie_cni,
+                &args.cni_bin_dir,
+                &args.cni_conf_dir,
+                &args.agent_socket,
+            )?;
+            eprintln!(
+                "installed {} and {} (default network from {})",
+                installed.binary.display(),
+                installed.config.display(),
+                installed.primary.display()
+            );
+            Ok(())
+        }
         Command::Crds => {
             print!("{}", genie_agent::model::crd::yaml());
             Ok(())

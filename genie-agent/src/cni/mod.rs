@@ -6,6 +6,7 @@ pub mod annotations;
 pub mod cache;
 pub mod delegate;
 pub mod handler;
+pub mod install;
 pub mod result;
 pub mod shim;
 pub mod spec;
