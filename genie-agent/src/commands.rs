@@ -102,6 +102,24 @@ struct AgentArgs {
     /// limit).
     #[arg(long, default_value = "auto")]
     pacing_cgroup: String,
+    /// Where the objects come from: `file` (the --config directory) or `kube` (the Kubernetes
+    /// API: genie's CRDs, Pods and Nodes).
+    #[arg(long, value_enum, default_value_t = SourceKind::File)]
+    source: SourceKind,
+    /// kubeconfig for `--source kube`. Default: in-cluster configuration, else $KUBECONFIG.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name in Kubernetes (`--source kube`; the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// A directory of YAML files.
+    File,
+    /// The Kubernetes API.
+    Kube,
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +305,19 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         socket: args.paths.socket.clone(),
         host_cidrs: args.host_cidrs,
         dns: args.dns,
+        kube: match args.source {
+            SourceKind::File => None,
+            SourceKind::Kube => Some(agent::KubeConfig {
+                kubeconfig: args.kubeconfig,
+                node_name: match args.node_name {
+                    Some(name) => name,
+                    None => nix::unistd::gethostname()
+                        .context("no --node-name and no hostname")?
+                        .to_string_lossy()
+                        .into_owned(),
+                },
+            }),
+        },
         pacing_cgroup: match args.pacing_cgroup.as_str() {
             "none" => None,
             "auto" => {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod reconcile;
+pub mod source;
 
 /// The eBPF object built by `build.rs` (`xtask::ebpf`), with BTF.
 pub static EBPF_OBJECT: &[u8] =

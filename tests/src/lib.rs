@@ -5,6 +5,7 @@
 //! test process and a sequence number, and is removed on drop — also when the test panics.
 //! Only 198.18.0.0/15 is used, and nothing is added to the root namespace (DESIGN.md §6).
 
+pub mod apiserver;
 pub mod cni;
 pub mod demo;
 pub mod fixtures;

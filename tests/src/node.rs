@@ -146,6 +146,7 @@ impl TestNode {
             host_cidrs: Vec::new(),
             dns: Vec::new(),
             pacing_cgroup: genie_agent::dataplane::cgroup2_root(),
+            kube: None,
         }
     }
 

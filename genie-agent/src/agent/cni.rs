@@ -69,8 +69,9 @@ fn annotated_bandwidth(
 }
 
 impl Agent {
-    /// The attachments of pod `namespace/pod`, or the error that refuses its ADD. A pod the
-    /// configuration does not mention gets the default network only.
+    /// The attachments of pod `namespace/pod`, or the error that refuses its ADD. In file mode a
+    /// pod the configuration does not mention gets the default network only; with the
+    /// Kubernetes source an unseen pod is "try again later".
     pub fn cni_plan(&self, namespace: &str, pod: &str) -> Result<Vec<PlannedAttachment>, CniError> {
         let Some(model) = &self.model else {
             return Err(CniError::new(
@@ -90,6 +91,16 @@ impl Agent {
         }
         let pod_name = format!("{namespace}/{pod}");
         let manifest = model.pods.get(&(namespace.to_owned(), pod.to_owned()));
+        if manifest.is_none() && self.kube().is_some() {
+            // The pod exists (kubelet is creating it) but the pod watch has not delivered it
+            // yet: its annotation is unknown, so attaching only the default network could
+            // leave out networks it asked for. The runtime retries.
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the genie agent has not seen this pod in the Kubernetes API yet",
+                pod_name,
+            ));
+        }
         let default_bandwidth = match manifest {
             Some(m) => annotated_bandwidth(&m.annotations)?,
             None => None,

@@ -6,6 +6,7 @@ mod node;
 pub mod server;
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Instant,
@@ -24,6 +25,7 @@ use crate::{
     metrics::AgentMetrics,
     model::{self, Model, ModelError, check_name},
     reconcile::{DesiredState, NodeInfo, desired_state},
+    source::kube::{ClusterSnapshot, KubeSource},
 };
 
 /// How the agent runs on this node.
@@ -46,6 +48,17 @@ pub struct AgentConfig {
     /// The cgroup v2 directory whose sockets genie paces for bandwidth limits (`None`: no
     /// pacing; limits are still enforced, single TCP flows just fall short of them).
     pub pacing_cgroup: Option<PathBuf>,
+    /// Objects from the Kubernetes API instead of `config_dir`.
+    pub kube: Option<KubeConfig>,
+}
+
+/// How the agent reaches the Kubernetes API (`--source kube`).
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    /// A kubeconfig file; `None`: in-cluster configuration or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the DaemonSet passes `spec.nodeName`).
+    pub node_name: String,
 }
 
 /// Errors of the agent subsystem.
@@ -71,6 +84,8 @@ pub enum AgentError {
     NotReady(String),
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    Kube(#[from] crate::source::kube::KubeSourceError),
 }
 
 impl AgentError {
@@ -116,6 +131,12 @@ pub struct Agent {
     /// The node's addresses as last read (`None`: read them next time).
     node: Option<NodeInfo>,
     metrics: AgentMetrics,
+    /// The Kubernetes source, when objects come from the API.
+    kube: Option<KubeSource>,
+    /// What the cluster knows beyond the objects (Kubernetes source).
+    cluster: ClusterSnapshot,
+    /// The problems of the objects as last loaded (Kubernetes source: reported in status).
+    object_errors: Vec<model::ConfigError>,
 }
 
 impl Agent {
@@ -123,6 +144,13 @@ impl Agent {
     /// the program inside their pinned links, so there is no gap) and reads the configuration.
     /// With an invalid configuration the pinned maps are left exactly as they are.
     pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let kube = match &config.kube {
+            Some(k) => Some(KubeSource::start(
+                k.kubeconfig.clone(),
+                k.node_name.clone(),
+            )?),
+            None => None,
+        };
         let dataplane = Dataplane::load(&config.bpffs)?;
         let maps = PinnedMaps::open(&config.bpffs)?;
         let registry =
@@ -141,6 +169,9 @@ impl Agent {
             applied: None,
             node: None,
             metrics: AgentMetrics::default(),
+            kube,
+            cluster: ClusterSnapshot::default(),
+            object_errors: Vec::new(),
         };
         agent.readopt_endpoints()?;
         if let Some(cgroup) = agent.config.pacing_cgroup.clone() {
@@ -206,7 +237,31 @@ impl Agent {
     /// state enforced and records the error. Returns whether the maps changed.
     pub fn reload_config(&mut self) -> bool {
         let seen = Instant::now();
-        match model::load_dir(&self.config.config_dir) {
+        let loaded = match &self.kube {
+            Some(kube) => {
+                if !kube.synced() {
+                    // Before every watch has listed once, absence means nothing yet: keep what
+                    // is enforced (pinned maps from before a restart) untouched.
+                    return false;
+                }
+                self.cluster = kube.snapshot();
+                let loaded = model::load_sources(&self.cluster.sources);
+                self.object_errors = match &loaded {
+                    Err(ModelError::Invalid(errors)) => errors.clone(),
+                    _ => Vec::new(),
+                };
+                let usage = self.endpoint_usage(loaded.as_ref().ok());
+                kube.report(&self.object_errors, &usage);
+                if let Ok(model) = &loaded {
+                    let mut physical: Vec<String> = model.physical.keys().cloned().collect();
+                    physical.sort();
+                    kube.label_node(&physical);
+                }
+                loaded
+            }
+            None => model::load_dir(&self.config.config_dir),
+        };
+        match loaded {
             Ok(model) => {
                 self.config_error = None;
                 self.model = Some(model);
@@ -238,6 +293,16 @@ impl Agent {
     pub fn reconcile(&mut self) -> Result<ApplyStats, AgentError> {
         let started = Instant::now();
         let result = self.reconcile_once();
+        if result.is_ok()
+            && let Some(kube) = &self.kube
+        {
+            // Endpoint counts change with every add and remove; only changed statuses are
+            // patched.
+            kube.report(
+                &self.object_errors,
+                &self.endpoint_usage(self.model.as_ref()),
+            );
+        }
         self.metrics.reconcile_runs += 1;
         self.metrics.reconcile_duration.observe(started.elapsed());
         if result.is_err() {
@@ -256,10 +321,13 @@ impl Agent {
         let node = match &self.node {
             Some(node) => node.clone(),
             None => {
+                let mut host_addresses = node::node_addresses(&self.config.netns)?;
+                host_addresses.extend(self.cluster.node_addresses.iter().copied());
                 let node = NodeInfo {
-                    host_addresses: node::node_addresses(&self.config.netns)?,
+                    host_addresses,
                     host_cidrs: self.config.host_cidrs.clone(),
                     dns_addresses: self.config.dns.clone(),
+                    remote_endpoints: self.cluster.remote_endpoints.clone(),
                 };
                 self.node = Some(node.clone());
                 node
@@ -284,6 +352,31 @@ impl Agent {
             );
         }
         Ok(stats)
+    }
+
+    /// Endpoints on this node per (kind, name) of the objects they belong to: their
+    /// LogicalNetwork and their Tenant (for status reports).
+    fn endpoint_usage(&self, model: Option<&Model>) -> BTreeMap<(String, String), u32> {
+        let mut out = BTreeMap::new();
+        let Some(model) = model else {
+            return out;
+        };
+        for ep in self.registry.all() {
+            if model.logical.contains_key(&ep.request.network) {
+                *out.entry(("LogicalNetwork".to_owned(), ep.request.network.clone()))
+                    .or_default() += 1;
+            }
+            if let Some(tenant) = model.namespace_tenant.get(&ep.request.namespace) {
+                *out.entry(("Tenant".to_owned(), tenant.clone()))
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// The Kubernetes source, when objects come from the API.
+    pub fn kube(&self) -> Option<&KubeSource> {
+        self.kube.as_ref()
     }
 
     /// Reconciles from scratch: re-reads the node's addresses and the maps themselves (which

@@ -109,12 +109,31 @@ pub fn serve(
     Ok(())
 }
 
+/// What changed in the configuration source: the directory's fingerprint, or the Kubernetes
+/// source's generation (and whether it has listed everything once).
+#[derive(Debug, PartialEq)]
+enum SourceState {
+    Files(Vec<(PathBuf, u64, SystemTime)>),
+    Kube { generation: u64, synced: bool },
+}
+
+fn source_state(agent: &Mutex<Agent>, dir: &Path) -> SourceState {
+    let agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    match agent.kube() {
+        Some(kube) => SourceState::Kube {
+            generation: kube.generation(),
+            synced: kube.synced(),
+        },
+        None => SourceState::Files(fingerprint(dir)),
+    }
+}
+
 fn watch(agent: &Mutex<Agent>, dir: &Path) {
-    let mut last = fingerprint(dir);
+    let mut last = source_state(agent, dir);
     let mut last_resync = Instant::now();
     loop {
         thread::sleep(CONFIG_POLL);
-        let now = fingerprint(dir);
+        let now = source_state(agent, dir);
         let changed = now != last;
         if changed || last_resync.elapsed() >= RESYNC {
             let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());

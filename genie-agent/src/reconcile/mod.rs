@@ -33,6 +33,19 @@ pub struct NodeInfo {
     pub host_cidrs: Vec<IpNet>,
     /// Cluster DNS service addresses.
     pub dns_addresses: Vec<IpAddr>,
+    /// Pods on other nodes (Kubernetes source): their addresses get their identity, so
+    /// traffic between nodes follows the same rules.
+    pub remote_endpoints: Vec<RemoteEndpoint>,
+}
+
+/// An address of a pod interface on another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    pub ip: IpAddr,
+    /// The pod's namespace (its tenant).
+    pub namespace: String,
+    /// The logical network, or `default`.
+    pub network: String,
 }
 
 /// The complete desired contents of the policy maps.
@@ -260,6 +273,16 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
                 },
             );
         }
+    }
+    // Remote endpoints never displace a local one (anti-spoofing keys on it).
+    for remote in &node.remote_endpoints {
+        let Ok(identity) = model.identity_for(&remote.namespace, &remote.network) else {
+            continue;
+        };
+        state.addrs.entry(addr16(remote.ip)).or_insert(AddrInfo {
+            identity,
+            endpoint_id: 0,
+        });
     }
     state
 }

@@ -88,6 +88,7 @@ fn the_desired_maps_follow_the_objects() {
         host_addresses: vec!["198.18.1.1".parse().unwrap()],
         host_cidrs: vec![],
         dns_addresses: vec!["198.18.200.10".parse().unwrap()],
+        remote_endpoints: vec![],
     };
     let state = desired_state(
         &m,

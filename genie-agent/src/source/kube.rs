@@ -1,0 +1,510 @@
+//! The Kubernetes source (`genie agent --source kube`): watches genie's kinds, Pods and Nodes
+//! through kube-rs, and hands the agent the same thing the file source does — objects as
+//! (name, text) pairs for `model::load_sources` — plus what only the cluster knows: the
+//! addresses of pods on other nodes (from their network-status annotation) and of every node.
+//!
+//! Watches restart by relisting on any error, `410 Gone` included (kube-runtime's watcher with
+//! its default backoff). The stores keep the last complete list while the API is unreachable,
+//! and a relist replaces a store only once complete, so enforcement never lapses or loosens
+//! meanwhile; what changed during an outage is applied when the relist completes.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client, Config,
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    model::{
+        ConfigError, DEFAULT_NETWORK,
+        objects::{LogicalNetworkObject, PhysicalNetworkObject, TenantObject},
+    },
+    reconcile::RemoteEndpoint,
+};
+
+/// The annotation Multus-compatible runtimes and genie-cni write: the pod's interfaces.
+const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+
+/// Errors of the Kubernetes source.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error("Kubernetes client configuration: {0}")]
+    Config(String),
+    #[error("starting the Kubernetes source's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The genie kinds, as the dynamic API sees them.
+fn genie_kinds() -> [(&'static str, ApiResource); 3] {
+    [
+        (
+            "PhysicalNetwork",
+            ApiResource::erase::<PhysicalNetworkObject>(&()),
+        ),
+        (
+            "LogicalNetwork",
+            ApiResource::erase::<LogicalNetworkObject>(&()),
+        ),
+        ("Tenant", ApiResource::erase::<TenantObject>(&())),
+    ]
+}
+
+/// Everything the watches know, by kind and name.
+#[derive(Debug, Default)]
+struct Stores {
+    /// kind → name → object (`spec` and `metadata` as JSON).
+    genie: BTreeMap<&'static str, BTreeMap<String, DynamicObject>>,
+    /// (namespace, name) → pod.
+    pods: BTreeMap<(String, String), Pod>,
+    nodes: BTreeMap<String, Node>,
+    /// Which stores have completed their first list.
+    synced: BTreeMap<&'static str, bool>,
+}
+
+/// What the agent reads from the source on each reload.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    /// genie objects and this node's pods as (`kube:<Kind>/<name>`, JSON text).
+    pub sources: Vec<(PathBuf, String)>,
+    /// Pods on other nodes: their addresses and networks.
+    pub remote_endpoints: Vec<RemoteEndpoint>,
+    /// Every node's addresses (HOST).
+    pub node_addresses: Vec<IpAddr>,
+}
+
+/// A running Kubernetes source.
+pub struct KubeSource {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    node_name: String,
+    stores: Arc<Mutex<Stores>>,
+    /// Bumped on every change any watch applies.
+    generation: Arc<AtomicU64>,
+    /// The status last written per (kind, name), so unchanged statuses are not patched again.
+    written_status: Mutex<BTreeMap<(String, String), Value>>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Connects with `kubeconfig` (or in-cluster configuration / `$KUBECONFIG` when `None`)
+    /// and starts the watches for node `node_name`.
+    pub fn start(kubeconfig: Option<PathBuf>, node_name: String) -> Result<Self, KubeSourceError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kube")
+            .enable_all()
+            .build()
+            .map_err(KubeSourceError::Runtime)?;
+        let client = runtime.block_on(async {
+            let config = match &kubeconfig {
+                Some(path) => {
+                    let kc =
+                        Kubeconfig::read_from(path).map_err(|e| KubeSourceError::Kubeconfig {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?;
+                    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                        .await
+                        .map_err(|e| KubeSourceError::Kubeconfig {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?
+                }
+                None => Config::infer()
+                    .await
+                    .map_err(|e| KubeSourceError::Config(e.to_string()))?,
+            };
+            Client::try_from(config).map_err(|e| KubeSourceError::Config(e.to_string()))
+        })?;
+        let source = Self {
+            runtime,
+            client,
+            node_name,
+            stores: Arc::new(Mutex::new(Stores::default())),
+            generation: Arc::new(AtomicU64::new(0)),
+            written_status: Mutex::new(BTreeMap::new()),
+        };
+        source.spawn_watches();
+        Ok(source)
+    }
+
+    fn spawn_watches(&self) {
+        for (kind, resource) in genie_kinds() {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            self.spawn_watch(
+                kind,
+                api,
+                move |stores, objects| {
+                    stores.genie.insert(
+                        kind,
+                        objects
+                            .into_iter()
+                            .map(|o: DynamicObject| {
+                                (o.metadata.name.clone().unwrap_or_default(), o)
+                            })
+                            .collect(),
+                    );
+                },
+                move |stores, event| match event {
+                    Change::Apply(o) => {
+                        stores
+                            .genie
+                            .entry(kind)
+                            .or_default()
+                            .insert(o.metadata.name.clone().unwrap_or_default(), o);
+                    }
+                    Change::Delete(o) => {
+                        if let Some(m) = stores.genie.get_mut(kind) {
+                            m.remove(o.metadata.name.as_deref().unwrap_or_default());
+                        }
+                    }
+                },
+            );
+        }
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let key = |p: &Pod| {
+            (
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        self.spawn_watch(
+            "Pod",
+            pods,
+            move |stores, objects| {
+                stores.pods = objects.into_iter().map(|p| (key(&p), p)).collect();
+            },
+            move |stores, event| match event {
+                Change::Apply(p) => {
+                    stores.pods.insert(key(&p), p);
+                }
+                Change::Delete(p) => {
+                    stores.pods.remove(&key(&p));
+                }
+            },
+        );
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        self.spawn_watch(
+            "Node",
+            nodes,
+            |stores, objects| {
+                stores.nodes = objects
+                    .into_iter()
+                    .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+                    .collect();
+            },
+            |stores, event| match event {
+                Change::Apply(n) => {
+                    stores
+                        .nodes
+                        .insert(n.metadata.name.clone().unwrap_or_default(), n);
+                }
+                Change::Delete(n) => {
+                    stores
+                        .nodes
+                        .remove(n.metadata.name.as_deref().unwrap_or_default());
+                }
+            },
+        );
+    }
+
+    /// Runs one watch: `replace` installs a complete (re)list, `change` applies one event.
+    fn spawn_watch<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        replace: impl Fn(&mut Stores, Vec<K>) + Send + 'static,
+        change: impl Fn(&mut Stores, Change<K>) + Send + 'static,
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let stores = Arc::clone(&self.stores);
+        let generation = Arc::clone(&self.generation);
+        self.runtime.spawn(async move {
+            let mut events =
+                std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            let mut buffer: Vec<K> = Vec::new();
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        // The backoff retries; the stores keep what they had.
+                        tracing::warn!(kind, error = %e, "watch failed; relisting");
+                        continue;
+                    }
+                };
+                let mut s = stores.lock().unwrap_or_else(|p| p.into_inner());
+                match event {
+                    watcher::Event::Init => buffer.clear(),
+                    watcher::Event::InitApply(o) => buffer.push(o),
+                    watcher::Event::InitDone => {
+                        replace(&mut s, std::mem::take(&mut buffer));
+                        s.synced.insert(kind, true);
+                        generation.fetch_add(1, Ordering::Relaxed);
+                    }
+                    watcher::Event::Apply(o) => {
+                        change(&mut s, Change::Apply(o));
+                        generation.fetch_add(1, Ordering::Relaxed);
+                    }
+                    watcher::Event::Delete(o) => {
+                        change(&mut s, Change::Delete(o));
+                        generation.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Changes whenever any watch applied something.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Whether every watch has completed its first list (before that, the agent must not
+    /// treat missing objects as deleted).
+    pub fn synced(&self) -> bool {
+        let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        ["PhysicalNetwork", "LogicalNetwork", "Tenant", "Pod", "Node"]
+            .iter()
+            .all(|k| s.synced.get(k).copied().unwrap_or(false))
+    }
+
+    /// The cluster as the agent consumes it.
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = ClusterSnapshot::default();
+        for (kind, objects) in &s.genie {
+            for (name, object) in objects {
+                let text = json!({
+                    "apiVersion": crate::model::objects::API_VERSION,
+                    "kind": kind,
+                    "metadata": {"name": name},
+                    "spec": object.data.get("spec").cloned().unwrap_or(Value::Null),
+                });
+                out.sources.push((
+                    PathBuf::from(format!("kube:{kind}/{name}")),
+                    text.to_string(),
+                ));
+            }
+        }
+        let logical: Vec<&String> = s
+            .genie
+            .get("LogicalNetwork")
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        for ((namespace, name), pod) in &s.pods {
+            let on_this_node =
+                pod.spec.as_ref().and_then(|p| p.node_name.as_deref()) == Some(&self.node_name);
+            let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+            if on_this_node {
+                let text = json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+                });
+                out.sources.push((
+                    PathBuf::from(format!("kube:Pod/{namespace}/{name}")),
+                    text.to_string(),
+                ));
+                continue;
+            }
+            let Some(status) = annotations.get(NETWORK_STATUS) else {
+                continue;
+            };
+            out.remote_endpoints
+                .extend(remote_endpoints(namespace, status, &logical));
+        }
+        for node in s.nodes.values() {
+            for address in node
+                .status
+                .as_ref()
+                .and_then(|st| st.addresses.as_ref())
+                .into_iter()
+                .flatten()
+            {
+                if matches!(address.type_.as_str(), "InternalIP" | "ExternalIP")
+                    && let Ok(ip) = address.address.parse()
+                {
+                    out.node_addresses.push(ip);
+                }
+            }
+        }
+        out.node_addresses.sort();
+        out.node_addresses.dedup();
+        out
+    }
+
+    /// Writes the `Accepted` condition of every genie object: `False` with the problems that
+    /// name it, `True` otherwise; `endpoints` per network and tenant on this node. Patches
+    /// only what changed since the last call, in the background.
+    pub fn report(&self, errors: &[ConfigError], endpoints: &BTreeMap<(String, String), u32>) {
+        let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        let mut patches = Vec::new();
+        let mut written = self
+            .written_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (kind, resource) in genie_kinds() {
+            for (name, object) in s.genie.get(kind).into_iter().flatten() {
+                let problems: Vec<String> = errors
+                    .iter()
+                    .filter(|e| e.kind == kind && e.name == *name)
+                    .map(|e| {
+                        if e.field.is_empty() {
+                            e.message.clone()
+                        } else {
+                            format!("{}: {}", e.field, e.message)
+                        }
+                    })
+                    .collect();
+                let condition = if problems.is_empty() {
+                    json!({"type": "Accepted", "status": "True", "reason": "Valid", "message": ""})
+                } else {
+                    json!({"type": "Accepted", "status": "False", "reason": "Invalid",
+                           "message": problems.join("; ")})
+                };
+                let count = endpoints
+                    .get(&(kind.to_owned(), name.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                let mut condition = condition;
+                condition["observedGeneration"] = json!(object.metadata.generation.unwrap_or(0));
+                condition["lastTransitionTime"] = json!(now_rfc3339());
+                // The total over nodes: the others' counts as the object last said, ours now.
+                let others: u64 = object.data["status"]["nodes"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(node, _)| **node != self.node_name)
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum();
+                let status = json!({
+                    "conditions": [condition],
+                    "nodes": {self.node_name.as_str(): count},
+                    "endpoints": others + u64::from(count),
+                });
+                let key = (kind.to_owned(), name.clone());
+                let mut compare = status.clone();
+                compare["conditions"][0]["lastTransitionTime"] = Value::Null;
+                if written.get(&key) == Some(&compare) {
+                    continue;
+                }
+                written.insert(key, compare);
+                patches.push((resource.clone(), name.clone(), status));
+            }
+        }
+        drop(s);
+        drop(written);
+        let client = self.client.clone();
+        self.runtime.spawn(async move {
+            for (resource, name, status) in patches {
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+                let patch = Patch::Merge(json!({"status": status}));
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    tracing::warn!(kind = %resource.kind, name, error = %e, "status patch failed");
+                }
+            }
+        });
+    }
+
+    /// Labels this node with the physical networks it has (`physnet.genie.dev/<name>=true`), so
+    /// pods that need them can be scheduled here.
+    pub fn label_node(&self, physical_networks: &[String]) {
+        let labels: BTreeMap<String, Option<String>> = physical_networks
+            .iter()
+            .map(|n| (format!("physnet.genie.dev/{n}"), Some("true".to_owned())))
+            .collect();
+        let client = self.client.clone();
+        let node = self.node_name.clone();
+        self.runtime.spawn(async move {
+            let api: Api<Node> = Api::all(client);
+            let patch = Patch::Merge(json!({"metadata": {"labels": labels}}));
+            if let Err(e) = api.patch(&node, &PatchParams::default(), &patch).await {
+                tracing::warn!(node, error = %e, "labelling the node failed");
+            }
+        });
+    }
+
+    /// Writes `k8s.v1.cni.cncf.io/network-status` onto a pod after its ADD (best effort: the
+    /// pod works either way; other nodes learn its addresses from it).
+    pub fn publish_network_status(&self, namespace: &str, pod: &str, status: &Value) {
+        let client = self.client.clone();
+        let (namespace, pod) = (namespace.to_owned(), pod.to_owned());
+        let text = status.to_string();
+        self.runtime.spawn(async move {
+            let api: Api<Pod> = Api::namespaced(client, &namespace);
+            let patch = Patch::Merge(json!({"metadata": {"annotations": {NETWORK_STATUS: text}}}));
+            if let Err(e) = api.patch(&pod, &PatchParams::default(), &patch).await {
+                tracing::warn!(namespace, pod, error = %e, "publishing network-status failed");
+            }
+        });
+    }
+}
+
+/// One watch event after a complete list.
+enum Change<K> {
+    Apply(K),
+    Delete(K),
+}
+
+/// The endpoints a remote pod's network-status names: each interface's addresses with the
+/// genie network they belong to (`default` for the default network).
+fn remote_endpoints(namespace: &str, status: &str, logical: &[&String]) -> Vec<RemoteEndpoint> {
+    let Ok(Value::Array(entries)) = serde_json::from_str::<Value>(status) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry["name"].as_str().unwrap_or_default();
+        let network = if entry["default"].as_bool() == Some(true) {
+            DEFAULT_NETWORK.to_owned()
+        } else if logical.iter().any(|l| l.as_str() == name) {
+            name.to_owned()
+        } else {
+            continue;
+        };
+        for ip in entry["ips"].as_array().into_iter().flatten() {
+            if let Some(ip) = ip.as_str().and_then(|s| s.parse().ok()) {
+                out.push(RemoteEndpoint {
+                    ip,
+                    namespace: namespace.to_owned(),
+                    network: network.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Now as RFC 3339 UTC, for condition timestamps.
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map_or_else(|_| String::new(), |t| t.to_string())
+}
