@@ -247,3 +247,181 @@ fn broken_watches_and_an_outage_change_no_verdict() {
     });
     assert!(!tcp_echo(c, a, 7701).unwrap(), "other tenant still dropped");
 }
+
+const TWO_NODE_OBJECTS: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+";
+
+/// One simulated node of a two-node cluster: a topology, an agent on the kube source, a
+/// runtime calling genie-cni, and its default network's subnet.
+struct ClusterNode {
+    node: TestNode,
+    runtime: genie_tests::cni::Runtime,
+    name: &'static str,
+    pods: Vec<genie_tests::topology::Netns>,
+}
+
+impl ClusterNode {
+    fn new(api: &ApiServer, name: &'static str, subnet: &str) -> Self {
+        let topo = Topology::new().unwrap();
+        let node = TestNode::new(topo, "").unwrap();
+        let kubeconfig = node.dir().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).unwrap();
+        let kubeconfig = kubeconfig.display().to_string();
+        let node = node.with_agent_args(&[
+            "--source",
+            "kube",
+            "--kubeconfig",
+            &kubeconfig,
+            "--node-name",
+            name,
+        ]);
+        node.spawn_agent().unwrap();
+        let runtime =
+            genie_tests::cni::Runtime::new(&node, genie_tests::cni::default_network(subnet));
+        Self {
+            node,
+            runtime,
+            name,
+            pods: Vec::new(),
+        }
+    }
+
+    /// Creates the pod in the API (scheduled here), then ADDs it as a runtime would, retrying
+    /// while the agent answers "try again later" (it has not seen the pod yet). Returns its
+    /// address.
+    fn add_pod(&mut self, api: &ApiServer, namespace: &str, pod: &str) -> std::net::Ipv4Addr {
+        api.put(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace},
+            "spec": {"nodeName": self.name, "containers": []}}))
+            .unwrap();
+        let netns =
+            genie_tests::topology::Netns::create(format!("{}-{pod}", self.node.topo.base()), false)
+                .unwrap();
+        let sandbox = genie_tests::cni::Sandbox::new(
+            &format!("{}{pod}", self.name),
+            namespace,
+            pod,
+            &netns.path(),
+        );
+        let mut result = None;
+        for _ in 0..100 {
+            let outcome = self.runtime.call("ADD", &sandbox).unwrap();
+            if outcome.exit_code == 0 {
+                result = Some(outcome.stdout);
+                break;
+            }
+            assert_eq!(outcome.error_code(), Some(11), "{}", outcome.raw);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let result = result.expect("ADD kept answering try again later");
+        self.pods.push(netns);
+        result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn pod_at(&self, pod: &str, ipv4: std::net::Ipv4Addr) -> genie_tests::traffic::NodeAt<'_> {
+        let netns = self
+            .pods
+            .iter()
+            .find(|n| n.name().ends_with(&format!("-{pod}")))
+            .unwrap();
+        genie_tests::traffic::NodeAt { netns, ipv4 }
+    }
+
+    /// The identity this node's maps give `ip` (0: none).
+    fn identity_of(&self, ip: std::net::Ipv4Addr) -> u32 {
+        let state = genie_agent::dataplane::PinnedMaps::open(self.node.bpffs())
+            .unwrap()
+            .read_state()
+            .unwrap();
+        state
+            .addrs
+            .get(&genie_common::maps::IpAddr16::from_v4(ip.octets()))
+            .map_or(0, |a| a.identity)
+    }
+}
+
+/// Links two nodes with a veth acting as the wire (198.19.254.0/30) and routes each one's
+/// default-network subnet through it.
+fn wire(n1: &ClusterNode, s1: &str, n2: &ClusterNode, s2: &str) {
+    let (a, b) = (n1.node.topo.node(), n2.node.topo.node());
+    a.ip(&[
+        "link",
+        "add",
+        "wire0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wire1",
+        "netns",
+        b.name(),
+    ])
+    .unwrap();
+    a.ip(&["addr", "add", "198.19.254.1/30", "dev", "wire0"])
+        .unwrap();
+    b.ip(&["addr", "add", "198.19.254.2/30", "dev", "wire1"])
+        .unwrap();
+    a.ip(&["link", "set", "wire0", "up"]).unwrap();
+    b.ip(&["link", "set", "wire1", "up"]).unwrap();
+    a.ip(&["route", "add", s2, "via", "198.19.254.2"]).unwrap();
+    b.ip(&["route", "add", s1, "via", "198.19.254.1"]).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and two agents; run `cargo xtask test`"]
+fn two_nodes_enforce_isolation_between_them() {
+    let api = ApiServer::start().unwrap();
+    api.put_yaml(TWO_NODE_OBJECTS).unwrap();
+    api.put(node_object("n1")).unwrap();
+    api.put(node_object("n2")).unwrap();
+    let (s1, s2) = ("198.18.20.0/24", "198.18.21.0/24");
+    let mut n1 = ClusterNode::new(&api, "n1", s1);
+    let mut n2 = ClusterNode::new(&api, "n2", s2);
+    let r1 = n1.add_pod(&api, "red", "r1");
+    let b1 = n1.add_pod(&api, "blue", "b1");
+    let r2 = n2.add_pod(&api, "red", "r2");
+    let b2 = n2.add_pod(&api, "blue", "b2");
+    wire(&n1, s1, &n2, s2);
+
+    // Each agent published its pods' network-status; the other learns their identities.
+    wait_until("n1 knows n2's pods", || {
+        n1.identity_of(r2) != 0 && n1.identity_of(b2) != 0
+    });
+    wait_until("n2 knows n1's pods", || {
+        n2.identity_of(r1) != 0 && n2.identity_of(b1) != 0
+    });
+    assert_eq!(n1.identity_of(r2), n1.identity_of(r1), "red on both nodes");
+    assert_ne!(n1.identity_of(b2), n1.identity_of(r1));
+
+    let (pr1, pb1) = (n1.pod_at("r1", r1), n1.pod_at("b1", b1));
+    let (pr2, pb2) = (n2.pod_at("r2", r2), n2.pod_at("b2", b2));
+    assert!(tcp_echo(&pr1, &pr2, 7800).unwrap(), "red n1 → red n2");
+    assert!(tcp_echo(&pr2, &pr1, 7801).unwrap(), "red n2 → red n1");
+    assert!(!tcp_echo(&pr1, &pb2, 7802).unwrap(), "red n1 → blue n2");
+    assert!(!tcp_echo(&pb2, &pr1, 7803).unwrap(), "blue n2 → red n1");
+    assert!(!tcp_echo(&pb1, &pr2, 7804).unwrap(), "blue n1 → red n2");
+    assert!(tcp_echo(&pb1, &pb2, 7805).unwrap(), "blue n1 → blue n2");
+
+    // A pod created on n2 changes what n1 enforces; deleting it changes it back.
+    let b3 = n2.add_pod(&api, "blue", "b3");
+    wait_until("n1 learns the new pod", || n1.identity_of(b3) != 0);
+    assert_eq!(n1.identity_of(b3), n1.identity_of(b2));
+    api.delete("Pod", "blue", "b3").unwrap();
+    wait_until("n1 forgets the deleted pod", || n1.identity_of(b3) == 0);
+}

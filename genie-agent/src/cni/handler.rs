@@ -209,6 +209,12 @@ impl CniHandler {
             }
         }
         info!(container = %record.container_id, pod = %format!("{}/{}", record.namespace, record.pod), interfaces = record.attachments.len(), "pod attached");
+        if let Some(kube) = lock(agent).kube() {
+            // Other nodes learn the pod's addresses (and so its identity) from this annotation
+            // (DESIGN.md §3: isolation holds between nodes).
+            let status = serde_json::to_value(result::network_status(&record)).unwrap_or_default();
+            kube.publish_network_status(&record.namespace, &record.pod, &status);
+        }
         let primary = primary.unwrap_or_else(|| {
             record
                 .attachments
