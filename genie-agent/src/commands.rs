@@ -112,6 +112,10 @@ struct AgentArgs {
     /// This node's name in Kubernetes (`--source kube`; the DaemonSet passes spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// The cluster DNS Service whose addresses every tenant may reach on port 53
+    /// (`--source kube`), as NAMESPACE/NAME.
+    #[arg(long, default_value = "kube-system/kube-dns")]
+    cluster_dns_service: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -309,6 +313,15 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             SourceKind::File => None,
             SourceKind::Kube => Some(agent::KubeConfig {
                 kubeconfig: args.kubeconfig,
+                dns_service: match args.cluster_dns_service.split_once('/') {
+                    Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                        (namespace.to_owned(), name.to_owned())
+                    }
+                    _ => anyhow::bail!(
+                        "--cluster-dns-service {:?}: expected NAMESPACE/NAME",
+                        args.cluster_dns_service
+                    ),
+                },
                 node_name: match args.node_name {
                     Some(name) => name,
                     None => nix::unistd::gethostname()

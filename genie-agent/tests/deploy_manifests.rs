@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::{
-    api::rbac::v1::{ClusterRole, ClusterRoleBinding},
+    api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     api::{
         apps::v1::DaemonSet,
         core::v1::{ConfigMap, Namespace, ServiceAccount},
@@ -50,6 +50,8 @@ fn check(doc: &Value) -> Result<(), String> {
         "DaemonSet" => round_trips::<DaemonSet>(doc),
         "ClusterRole" => round_trips::<ClusterRole>(doc),
         "ClusterRoleBinding" => round_trips::<ClusterRoleBinding>(doc),
+        "Role" => round_trips::<Role>(doc),
+        "RoleBinding" => round_trips::<RoleBinding>(doc),
         "CustomResourceDefinition" => round_trips::<CustomResourceDefinition>(doc),
         other => Err(format!("no upstream type checked for kind {other:?}")),
     }
@@ -90,8 +92,11 @@ fn the_checker_catches_a_misplaced_field() {
 #[test]
 fn rbac_is_least_privilege() {
     let docs = documents("genie.yaml");
-    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    for rule in role["rules"].as_array().unwrap() {
+    let rules = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .flat_map(|role| role["rules"].as_array().unwrap());
+    for rule in rules {
         for field in ["apiGroups", "resources", "verbs"] {
             assert!(
                 !rule[field].as_array().unwrap().iter().any(|v| v == "*"),
@@ -111,7 +116,10 @@ fn rbac_is_least_privilege() {
             );
         }
     }
-    for binding in docs.iter().filter(|d| d["kind"] == "ClusterRoleBinding") {
+    for binding in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+    {
         for subject in binding["subjects"].as_array().unwrap() {
             assert_eq!(subject["kind"], "ServiceAccount", "{binding}");
             assert!(!subject["name"].as_str().unwrap().starts_with("system:"));

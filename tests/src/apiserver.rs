@@ -6,7 +6,7 @@
 //! (chunked JSON lines: ADDED / MODIFIED / DELETED, BOOKMARK when asked for, an ERROR event with
 //! `410 Gone` when the requested version is older than the compaction point), JSON merge
 //! patch (RFC 7386) on objects and on the `status` subresource, for the cluster-scoped genie
-//! kinds, Pods and Nodes. Test controls: put/delete objects, drop every open watch, compact
+//! kinds, Pods, Nodes and the Services of `kube-system`. Test controls: put/delete objects, drop every open watch, compact
 //! the history, and stop/restart the server on the same port.
 //!
 //! Not implemented: authentication, label and field selectors (ignored: every watch gets every
@@ -34,15 +34,18 @@ pub enum Resource {
     Tenants,
     Pods,
     Nodes,
+    /// Services of `kube-system` only (the cluster DNS).
+    Services,
 }
 
 impl Resource {
-    const ALL: [Resource; 5] = [
+    const ALL: [Resource; 6] = [
         Resource::PhysicalNetworks,
         Resource::LogicalNetworks,
         Resource::Tenants,
         Resource::Pods,
         Resource::Nodes,
+        Resource::Services,
     ];
 
     fn list_path(self) -> &'static str {
@@ -52,12 +55,13 @@ impl Resource {
             Resource::Tenants => "/apis/genie.dev/v1alpha1/tenants",
             Resource::Pods => "/api/v1/pods",
             Resource::Nodes => "/api/v1/nodes",
+            Resource::Services => "/api/v1/namespaces/kube-system/services",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            Resource::Pods | Resource::Nodes => "v1",
+            Resource::Pods | Resource::Nodes | Resource::Services => "v1",
             _ => "genie.dev/v1alpha1",
         }
     }
@@ -69,6 +73,7 @@ impl Resource {
             Resource::Tenants => "Tenant",
             Resource::Pods => "Pod",
             Resource::Nodes => "Node",
+            Resource::Services => "Service",
         }
     }
 

@@ -58,7 +58,7 @@ fn node_object(name: &str) -> Value {
 
 /// Pods a and d (red-a), b (red-b), c (blue default) on a node whose agent reads the files,
 /// or the API stand-in as node `name`.
-fn node(kube: Option<(&ApiServer, &str)>) -> TestNode {
+fn node(kube: Option<(&ApiServer, &str)>, extra_args: &[&str]) -> TestNode {
     let mut topo = Topology::new().unwrap();
     topo.add_pod_on("a", 1).unwrap();
     topo.add_pod_on("b", 2).unwrap();
@@ -77,6 +77,8 @@ fn node(kube: Option<(&ApiServer, &str)>) -> TestNode {
             "--node-name",
             name,
         ]);
+    } else {
+        node = node.with_agent_args(extra_args);
     }
     node.spawn_agent().unwrap();
     node.register("a", "red", "red-a").unwrap();
@@ -135,9 +137,23 @@ fn the_kube_source_enforces_what_the_file_source_does() {
     let api = ApiServer::start().unwrap();
     put_all(&api, OBJECTS);
     api.put(node_object("n1")).unwrap();
-    let from_files = node(None);
-    let from_api = node(Some((&api, "n1")));
+    api.put(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {"clusterIP": "198.18.200.10", "clusterIPs": ["198.18.200.10"]}}))
+        .unwrap();
+    let from_files = node(None, &["--cluster-dns", "198.18.200.10"]);
+    let from_api = node(Some((&api, "n1")), &[]);
     assert_eq!(enforced(&from_api), enforced(&from_files));
+    // The cluster DNS address comes from the kube-dns Service instead of a flag.
+    for n in [&from_files, &from_api] {
+        let addrs = genie_agent::dataplane::PinnedMaps::open(n.bpffs())
+            .unwrap()
+            .read_state()
+            .unwrap()
+            .addrs;
+        let dns = addrs.get(&genie_common::maps::IpAddr16::from_v4([198, 18, 200, 10]));
+        assert_eq!(dns.map(|a| a.identity), Some(genie_common::identity::DNS));
+    }
 
     // The agent reports back: every object accepted, endpoints per node, and the node labelled
     // with the physical networks it has.
@@ -173,7 +189,7 @@ fn an_invalid_object_is_reported_and_changes_nothing() {
     let api = ApiServer::start().unwrap();
     put_all(&api, OBJECTS);
     api.put(node_object("n1")).unwrap();
-    let node = node(Some((&api, "n1")));
+    let node = node(Some((&api, "n1")), &[]);
     let before = enforced(&node);
     let mut bad = api_objects(OBJECTS)
         .into_iter()
@@ -200,7 +216,7 @@ fn broken_watches_and_an_outage_change_no_verdict() {
     let api = ApiServer::start().unwrap();
     put_all(&api, OBJECTS);
     api.put(node_object("n1")).unwrap();
-    let node = node(Some((&api, "n1")));
+    let node = node(Some((&api, "n1")), &[]);
     let (a, b, c, d) = (
         node.topo.pod("a"),
         node.topo.pod("b"),

@@ -59,6 +59,8 @@ pub struct KubeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (the DaemonSet passes `spec.nodeName`).
     pub node_name: String,
+    /// The cluster DNS Service (namespace, name), e.g. `kube-system/kube-dns`.
+    pub dns_service: (String, String),
 }
 
 /// Errors of the agent subsystem.
@@ -148,6 +150,7 @@ impl Agent {
             Some(k) => Some(KubeSource::start(
                 k.kubeconfig.clone(),
                 k.node_name.clone(),
+                k.dns_service.clone(),
             )?),
             None => None,
         };
@@ -326,7 +329,13 @@ impl Agent {
                 let node = NodeInfo {
                     host_addresses,
                     host_cidrs: self.config.host_cidrs.clone(),
-                    dns_addresses: self.config.dns.clone(),
+                    dns_addresses: self
+                        .config
+                        .dns
+                        .iter()
+                        .chain(&self.cluster.dns_addresses)
+                        .copied()
+                        .collect(),
                     remote_endpoints: self.cluster.remote_endpoints.clone(),
                 };
                 self.node = Some(node.clone());

@@ -19,7 +19,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::{
     Api, Client, Config,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
@@ -73,6 +73,8 @@ struct Stores {
     /// (namespace, name) → pod.
     pods: BTreeMap<(String, String), Pod>,
     nodes: BTreeMap<String, Node>,
+    /// The cluster DNS Service, when it exists.
+    dns: Option<Service>,
     /// Which stores have completed their first list.
     synced: BTreeMap<&'static str, bool>,
 }
@@ -86,6 +88,8 @@ pub struct ClusterSnapshot {
     pub remote_endpoints: Vec<RemoteEndpoint>,
     /// Every node's addresses (HOST).
     pub node_addresses: Vec<IpAddr>,
+    /// The cluster DNS Service's addresses (reachable on port 53 by every tenant).
+    pub dns_addresses: Vec<IpAddr>,
 }
 
 /// A running Kubernetes source.
@@ -93,6 +97,8 @@ pub struct KubeSource {
     runtime: tokio::runtime::Runtime,
     client: Client,
     node_name: String,
+    /// The cluster DNS Service (namespace, name).
+    dns_service: (String, String),
     stores: Arc<Mutex<Stores>>,
     /// Bumped on every change any watch applies.
     generation: Arc<AtomicU64>,
@@ -110,8 +116,13 @@ impl std::fmt::Debug for KubeSource {
 
 impl KubeSource {
     /// Connects with `kubeconfig` (or in-cluster configuration / `$KUBECONFIG` when `None`)
-    /// and starts the watches for node `node_name`.
-    pub fn start(kubeconfig: Option<PathBuf>, node_name: String) -> Result<Self, KubeSourceError> {
+    /// and starts the watches for node `node_name`; `dns_service` is the cluster DNS
+    /// Service's (namespace, name).
+    pub fn start(
+        kubeconfig: Option<PathBuf>,
+        node_name: String,
+        dns_service: (String, String),
+    ) -> Result<Self, KubeSourceError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kube")
@@ -143,6 +154,7 @@ impl KubeSource {
             runtime,
             client,
             node_name,
+            dns_service,
             stores: Arc::new(Mutex::new(Stores::default())),
             generation: Arc::new(AtomicU64::new(0)),
             written_status: Mutex::new(BTreeMap::new()),
@@ -206,6 +218,28 @@ impl KubeSource {
                 }
             },
         );
+        let (dns_namespace, dns_name) = self.dns_service.clone();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &dns_namespace);
+        let wanted = dns_name.clone();
+        self.spawn_watch_with(
+            "Service",
+            services,
+            watcher::Config::default().fields(&format!("metadata.name={dns_name}")),
+            move |stores, objects| {
+                stores.dns = objects
+                    .into_iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(wanted.as_str()));
+            },
+            move |stores, event| match event {
+                Change::Apply(s) if s.metadata.name.as_deref() == Some(dns_name.as_str()) => {
+                    stores.dns = Some(s);
+                }
+                Change::Delete(s) if s.metadata.name.as_deref() == Some(dns_name.as_str()) => {
+                    stores.dns = None;
+                }
+                _ => {}
+            },
+        );
         let nodes: Api<Node> = Api::all(self.client.clone());
         self.spawn_watch(
             "Node",
@@ -241,11 +275,24 @@ impl KubeSource {
     ) where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
+        self.spawn_watch_with(kind, api, watcher::Config::default(), replace, change);
+    }
+
+    /// [`KubeSource::spawn_watch`] with a watcher configuration (a field selector).
+    fn spawn_watch_with<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        replace: impl Fn(&mut Stores, Vec<K>) + Send + 'static,
+        change: impl Fn(&mut Stores, Change<K>) + Send + 'static,
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
         let stores = Arc::clone(&self.stores);
         let generation = Arc::clone(&self.generation);
         self.runtime.spawn(async move {
-            let mut events =
-                std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            let mut events = std::pin::pin!(watcher(api, config).default_backoff());
             let mut buffer: Vec<K> = Vec::new();
             while let Some(event) = events.next().await {
                 let event = match event {
@@ -287,9 +334,16 @@ impl KubeSource {
     /// treat missing objects as deleted).
     pub fn synced(&self) -> bool {
         let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        ["PhysicalNetwork", "LogicalNetwork", "Tenant", "Pod", "Node"]
-            .iter()
-            .all(|k| s.synced.get(k).copied().unwrap_or(false))
+        [
+            "PhysicalNetwork",
+            "LogicalNetwork",
+            "Tenant",
+            "Pod",
+            "Node",
+            "Service",
+        ]
+        .iter()
+        .all(|k| s.synced.get(k).copied().unwrap_or(false))
     }
 
     /// The cluster as the agent consumes it.
@@ -354,6 +408,17 @@ impl KubeSource {
         }
         out.node_addresses.sort();
         out.node_addresses.dedup();
+        if let Some(spec) = s.dns.as_ref().and_then(|d| d.spec.as_ref()) {
+            out.dns_addresses = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .chain(spec.cluster_ip.iter())
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            out.dns_addresses.sort();
+            out.dns_addresses.dedup();
+        }
         out
     }
 
