@@ -434,6 +434,26 @@ fn two_nodes_enforce_isolation_between_them() {
     assert!(!tcp_echo(&pb1, &pr2, 7804).unwrap(), "blue n1 → red n2");
     assert!(tcp_echo(&pb1, &pb2, 7805).unwrap(), "blue n1 → blue n2");
 
+    // Another node's address (from its Node object) is HOST.
+    api.put(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}, "spec": {},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.19.254.2"}]}}),
+    )
+    .unwrap();
+    wait_until("n1 classifies n2's address as HOST", || {
+        genie_agent::dataplane::PinnedMaps::open(n1.node.bpffs())
+            .unwrap()
+            .read_state()
+            .unwrap()
+            .cidrs
+            .get(&(
+                128,
+                genie_common::maps::IpAddr16::from_v4([198, 19, 254, 2]),
+            ))
+            .map(|c| c.identity)
+            == Some(genie_common::identity::HOST)
+    });
+
     // A pod created on n2 changes what n1 enforces; deleting it changes it back.
     let b3 = n2.add_pod(&api, "blue", "b3");
     wait_until("n1 learns the new pod", || n1.identity_of(b3) != 0);
