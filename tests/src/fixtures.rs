@@ -1,5 +1,24 @@
 //! Object directories shared by tests and benchmarks.
 
+/// Tenants `red` and `blue`, each owning the namespace of its name; their pods share only the
+/// default network.
+pub const TWO_TENANTS: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+";
+
+/// [`TWO_TENANTS`] followed by more objects.
+pub fn two_tenants_and(more: &str) -> String {
+    format!("{TWO_TENANTS}---\n{more}")
+}
+
 /// Tenant `red` owning namespace `red`, and its network `lim` over 198.18.0.0/24 (the subnet
 /// of [`crate::Topology::add_pod`]) with `limits` as its `spec.limits` (YAML flow mapping).
 pub fn limited_network(limits: &str) -> String {

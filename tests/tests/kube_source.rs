@@ -9,22 +9,16 @@ use std::{process::Command, time::Duration};
 use genie_tests::{
     TestNode, Topology,
     apiserver::{ApiServer, objects_from_yaml},
+    fixtures::{TWO_TENANTS, two_tenants_and},
     node::genie_binary,
     traffic::tcp_echo,
 };
 use serde_json::{Value, json};
 
-const OBJECTS: &str = "
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: red}
-spec: {namespaces: [red]}
----
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: blue}
-spec: {namespaces: [blue]}
----
+/// Tenants red and blue; red's networks red-a (limited) and red-b; a physical network.
+fn objects() -> String {
+    two_tenants_and(
+        "
 apiVersion: genie.dev/v1alpha1
 kind: PhysicalNetwork
 metadata: {name: fabric}
@@ -42,7 +36,9 @@ apiVersion: genie.dev/v1alpha1
 kind: LogicalNetwork
 metadata: {name: red-b}
 spec: {tenant: red, subnet: 198.18.2.0/24}
-";
+",
+    )
+}
 
 fn api_objects(yaml: &str) -> Vec<Value> {
     objects_from_yaml(yaml).unwrap()
@@ -64,7 +60,7 @@ fn node(kube: Option<(&ApiServer, &str)>, extra_args: &[&str]) -> TestNode {
     topo.add_pod_on("b", 2).unwrap();
     topo.add_pod_on("c", 3).unwrap();
     topo.add_pod_on("d", 1).unwrap();
-    let mut node = TestNode::new(topo, OBJECTS).unwrap();
+    let mut node = TestNode::new(topo, &objects()).unwrap();
     if let Some((api, name)) = kube {
         let kubeconfig = node.dir().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
@@ -135,7 +131,7 @@ fn accepted(api: &ApiServer, kind: &str, name: &str) -> Option<(String, String)>
 #[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
 fn the_kube_source_enforces_what_the_file_source_does() {
     let api = ApiServer::start().unwrap();
-    put_all(&api, OBJECTS);
+    put_all(&api, &objects());
     api.put(node_object("n1")).unwrap();
     api.put(json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system"},
@@ -170,7 +166,7 @@ fn the_kube_source_enforces_what_the_file_source_does() {
     });
 
     // A change through the API is enforced like a change of the files.
-    let peered = OBJECTS.replace(
+    let peered = objects().replace(
         "spec: {tenant: red, subnet: 198.18.2.0/24}",
         "spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {peers: [{network: red-a}]}}",
     );
@@ -187,11 +183,11 @@ fn the_kube_source_enforces_what_the_file_source_does() {
 #[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
 fn an_invalid_object_is_reported_and_changes_nothing() {
     let api = ApiServer::start().unwrap();
-    put_all(&api, OBJECTS);
+    put_all(&api, &objects());
     api.put(node_object("n1")).unwrap();
     let node = node(Some((&api, "n1")), &[]);
     let before = enforced(&node);
-    let mut bad = api_objects(OBJECTS)
+    let mut bad = api_objects(&objects())
         .into_iter()
         .find(|o| o["metadata"]["name"] == "red-b")
         .unwrap();
@@ -214,7 +210,7 @@ fn an_invalid_object_is_reported_and_changes_nothing() {
 #[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
 fn broken_watches_and_an_outage_change_no_verdict() {
     let api = ApiServer::start().unwrap();
-    put_all(&api, OBJECTS);
+    put_all(&api, &objects());
     api.put(node_object("n1")).unwrap();
     let node = node(Some((&api, "n1")), &[]);
     let (a, b, c, d) = (
@@ -244,7 +240,7 @@ fn broken_watches_and_an_outage_change_no_verdict() {
 
     // 30 s without an API server; meanwhile red-b is peered with red-a.
     api.stop();
-    let peered = OBJECTS.replace(
+    let peered = objects().replace(
         "spec: {tenant: red, subnet: 198.18.2.0/24}",
         "spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {peers: [{network: red-a}]}}",
     );
@@ -263,18 +259,6 @@ fn broken_watches_and_an_outage_change_no_verdict() {
     });
     assert!(!tcp_echo(c, a, 7701).unwrap(), "other tenant still dropped");
 }
-
-const TWO_NODE_OBJECTS: &str = "
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: red}
-spec: {namespaces: [red]}
----
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: blue}
-spec: {namespaces: [blue]}
-";
 
 /// One simulated node of a two-node cluster: a topology, an agent on the kube source, a
 /// runtime calling genie-cni, and its default network's subnet.
@@ -403,7 +387,7 @@ fn wire(n1: &ClusterNode, s1: &str, n2: &ClusterNode, s2: &str) {
 #[ignore = "privileged: creates namespaces, runs CNI plugins and two agents; run `cargo xtask test`"]
 fn two_nodes_enforce_isolation_between_them() {
     let api = ApiServer::start().unwrap();
-    api.put_yaml(TWO_NODE_OBJECTS).unwrap();
+    api.put_yaml(TWO_TENANTS).unwrap();
     api.put(node_object("n1")).unwrap();
     api.put(node_object("n2")).unwrap();
     let (s1, s2) = ("198.18.20.0/24", "198.18.21.0/24");

@@ -4,19 +4,7 @@
 
 use std::process::Command;
 
-use genie_tests::{TestNode, Topology, traffic};
-
-const OBJECTS: &str = "
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: red}
-spec: {namespaces: [red]}
----
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: blue}
-spec: {namespaces: [blue]}
-";
+use genie_tests::{TestNode, Topology, fixtures::TWO_TENANTS, traffic};
 
 /// Runs an agent with `RUST_LOG=rust_log` (and `args`), sends red → blue datagrams that policy
 /// drops, and returns the agent's log and the translated size of the program on red's egress.
@@ -24,7 +12,7 @@ fn drops_logged_with(rust_log: &str, args: &[&str]) -> (String, u64) {
     let mut topo = Topology::new().unwrap();
     topo.add_pod("r").unwrap();
     topo.add_pod("b").unwrap();
-    let node = TestNode::new(topo, OBJECTS)
+    let node = TestNode::new(topo, TWO_TENANTS)
         .unwrap()
         .with_agent_env("RUST_LOG", rust_log)
         .with_agent_args(args);

@@ -4,21 +4,10 @@
 
 use genie_tests::{
     TestNode, Topology,
+    fixtures::TWO_TENANTS,
     prometheus::{self, sample},
     traffic,
 };
-
-const OBJECTS: &str = "
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: red}
-spec: {namespaces: [red]}
----
-apiVersion: genie.dev/v1alpha1
-kind: Tenant
-metadata: {name: blue}
-spec: {namespaces: [blue]}
-";
 
 fn get(address: &str, path: &str) -> (u16, String) {
     prometheus::get(address, path).unwrap()
@@ -33,7 +22,7 @@ fn scraped_metrics_show_the_drops_under_their_labels() {
     // The agent runs in the test's namespace; a port from the process id keeps parallel runs
     // of the suite apart.
     let address = format!("127.0.0.1:{}", 20_000 + std::process::id() % 20_000);
-    let node = TestNode::new(topo, OBJECTS)
+    let node = TestNode::new(topo, TWO_TENANTS)
         .unwrap()
         .with_agent_args(&["--metrics-address", &address]);
     node.spawn_agent().unwrap();

@@ -103,7 +103,9 @@ pub struct KubeSource {
     /// Bumped on every change any watch applies.
     generation: Arc<AtomicU64>,
     /// The status last written per (kind, name), so unchanged statuses are not patched again.
-    written_status: Mutex<BTreeMap<(String, String), Value>>,
+    written_status: Arc<Mutex<BTreeMap<(String, String), Value>>>,
+    /// The physical networks the node was last labelled with.
+    labelled: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -157,7 +159,8 @@ impl KubeSource {
             dns_service,
             stores: Arc::new(Mutex::new(Stores::default())),
             generation: Arc::new(AtomicU64::new(0)),
-            written_status: Mutex::new(BTreeMap::new()),
+            written_status: Arc::new(Mutex::new(BTreeMap::new())),
+            labelled: Arc::new(Mutex::new(None)),
         };
         source.spawn_watches();
         Ok(source)
@@ -428,7 +431,7 @@ impl KubeSource {
     pub fn report(&self, errors: &[ConfigError], endpoints: &BTreeMap<(String, String), u32>) {
         let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         let mut patches = Vec::new();
-        let mut written = self
+        let written = self
             .written_status
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -477,41 +480,62 @@ impl KubeSource {
                 if written.get(&key) == Some(&compare) {
                     continue;
                 }
-                written.insert(key, compare);
-                patches.push((resource.clone(), name.clone(), status));
+                patches.push((resource.clone(), key, status, compare));
             }
         }
         drop(s);
         drop(written);
         let client = self.client.clone();
+        let record = Arc::clone(&self.written_status);
         self.runtime.spawn(async move {
-            for (resource, name, status) in patches {
+            for (resource, key, status, compare) in patches {
                 let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
                 let patch = Patch::Merge(json!({"status": status}));
-                if let Err(e) = api
-                    .patch_status(&name, &PatchParams::default(), &patch)
-                    .await
-                {
-                    tracing::warn!(kind = %resource.kind, name, error = %e, "status patch failed");
+                match api.patch_status(&key.1, &PatchParams::default(), &patch).await {
+                    // Recorded only once written, so a failure is retried on the next report.
+                    Ok(_) => {
+                        record
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key, compare);
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = %resource.kind, name = %key.1, error = %e, "status patch failed");
+                    }
                 }
             }
         });
     }
 
     /// Labels this node with the physical networks it has (`physnet.genie.dev/<name>=true`), so
-    /// pods that need them can be scheduled here.
+    /// pods that need them can be scheduled here; removes the labels of networks that are gone.
+    /// Patches only when the set differs from the last one written.
     pub fn label_node(&self, physical_networks: &[String]) {
-        let labels: BTreeMap<String, Option<String>> = physical_networks
+        let labelled = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        if labelled.as_deref() == Some(physical_networks) {
+            return;
+        }
+        let label = |n: &String| format!("physnet.genie.dev/{n}");
+        let mut labels: BTreeMap<String, Option<String>> = labelled
             .iter()
-            .map(|n| (format!("physnet.genie.dev/{n}"), Some("true".to_owned())))
+            .flatten()
+            .map(|n| (label(n), None))
             .collect();
+        for n in physical_networks {
+            labels.insert(label(n), Some("true".to_owned()));
+        }
+        drop(labelled);
         let client = self.client.clone();
         let node = self.node_name.clone();
+        let record = Arc::clone(&self.labelled);
+        let wanted = physical_networks.to_vec();
         self.runtime.spawn(async move {
             let api: Api<Node> = Api::all(client);
             let patch = Patch::Merge(json!({"metadata": {"labels": labels}}));
-            if let Err(e) = api.patch(&node, &PatchParams::default(), &patch).await {
-                tracing::warn!(node, error = %e, "labelling the node failed");
+            match api.patch(&node, &PatchParams::default(), &patch).await {
+                // Recorded only once written, so a failure is retried on the next reload.
+                Ok(_) => *record.lock().unwrap_or_else(|p| p.into_inner()) = Some(wanted),
+                Err(e) => tracing::warn!(node, error = %e, "labelling the node failed"),
             }
         });
     }
