@@ -3,7 +3,7 @@
 //! one of them, and a privileged test dumps each by name).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use genie_common::maps::{
@@ -59,3 +59,9 @@ pub static LIMITS: HashMap<
     crate::ratelimit::Bucket,
     { MAX_BUCKETS as usize },
 > = HashMap::new();
+
+/// `pace_tcp`'s record per TCP connection of one of this node's endpoints. Socket-local
+/// storage goes away with its socket; not pinned (a restarted agent's program re-reads the
+/// limit of connections it finds without a record here).
+#[btf_map(name = "genie_paced")]
+pub static PACED: SkStorage<crate::pacing::Paced> = SkStorage::new();

@@ -22,9 +22,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
         SO_MAX_PACING_RATE, SOL_SOCKET,
     },
-    btf_maps::SkStorage,
     helpers::generated::{bpf_setsockopt, bpf_sk_storage_get},
-    macros::btf_map,
     programs::SockOpsContext,
 };
 use genie_common::{
@@ -33,7 +31,7 @@ use genie_common::{
     ratelimit::{BucketKey, kind, pacing_rate},
 };
 
-use crate::maps::{ADDRS, CONFIG, LIMITS};
+use crate::maps::{ADDRS, CONFIG, LIMITS, PACED};
 
 /// `AF_INET6`: the family of IPv6 sockets (and of dual-stack sockets speaking IPv4, whose
 /// addresses are IPv4-mapped — the form the address map keys by).
@@ -50,11 +48,6 @@ pub struct Paced {
     /// The pacing rate set, bytes per second ([`UNPACED`]: none).
     pub rate: u32,
 }
-
-/// Connections whose local or remote address belongs to one of this node's endpoints.
-/// Socket-local storage goes away with its socket.
-#[btf_map(name = "genie_paced")]
-static PACED: SkStorage<Paced> = SkStorage::new();
 
 /// [`wanted_limit`]'s answer for a connection of no endpoint of this node.
 const NOT_OURS: u64 = u64::MAX;

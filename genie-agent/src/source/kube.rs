@@ -597,3 +597,34 @@ fn now_rfc3339() -> String {
         .round(k8s_openapi::jiff::Unit::Second)
         .map_or_else(|_| String::new(), |t| t.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_pods_network_status_names_its_endpoints() {
+        let status = r#"[
+            {"name": "genie", "interface": "eth0", "ips": ["198.18.20.5"], "default": true},
+            {"name": "red-a", "interface": "eth1", "ips": ["198.18.1.7", "fd00::7"]},
+            {"name": "someone-elses", "interface": "net1", "ips": ["10.0.0.1"]}
+        ]"#;
+        let red_a = "red-a".to_owned();
+        let got = remote_endpoints("red", status, &[&red_a]);
+        let want: Vec<(String, &str)> = vec![
+            ("198.18.20.5".to_owned(), DEFAULT_NETWORK),
+            ("198.18.1.7".to_owned(), "red-a"),
+            ("fd00::7".to_owned(), "red-a"),
+        ];
+        assert_eq!(
+            got.iter()
+                .map(|e| (e.ip.to_string(), e.network.as_str()))
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert!(got.iter().all(|e| e.namespace == "red"));
+        // Not JSON, or not a list: nothing (the pod stays unknown, i.e. WORLD).
+        assert!(remote_endpoints("red", "{", &[&red_a]).is_empty());
+        assert!(remote_endpoints("red", "{}", &[&red_a]).is_empty());
+    }
+}
