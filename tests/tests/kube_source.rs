@@ -48,6 +48,14 @@ fn put_all(api: &ApiServer, yaml: &str) {
     api.put_yaml(yaml).unwrap();
 }
 
+/// The stand-in holding [`objects`] and the node `n1`.
+fn standin() -> ApiServer {
+    let api = ApiServer::start().unwrap();
+    put_all(&api, &objects());
+    api.put(node_object("n1")).unwrap();
+    api
+}
+
 fn node_object(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {}})
 }
@@ -130,9 +138,7 @@ fn accepted(api: &ApiServer, kind: &str, name: &str) -> Option<(String, String)>
 #[test]
 #[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
 fn the_kube_source_enforces_what_the_file_source_does() {
-    let api = ApiServer::start().unwrap();
-    put_all(&api, &objects());
-    api.put(node_object("n1")).unwrap();
+    let api = standin();
     api.put(json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system"},
         "spec": {"clusterIP": "198.18.200.10", "clusterIPs": ["198.18.200.10"]}}))
@@ -182,9 +188,7 @@ fn the_kube_source_enforces_what_the_file_source_does() {
 #[test]
 #[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
 fn an_invalid_object_is_reported_and_changes_nothing() {
-    let api = ApiServer::start().unwrap();
-    put_all(&api, &objects());
-    api.put(node_object("n1")).unwrap();
+    let api = standin();
     let node = node(Some((&api, "n1")), &[]);
     let before = enforced(&node);
     let mut bad = api_objects(&objects())
@@ -209,9 +213,7 @@ fn an_invalid_object_is_reported_and_changes_nothing() {
 #[test]
 #[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
 fn broken_watches_and_an_outage_change_no_verdict() {
-    let api = ApiServer::start().unwrap();
-    put_all(&api, &objects());
-    api.put(node_object("n1")).unwrap();
+    let api = standin();
     let node = node(Some((&api, "n1")), &[]);
     let (a, b, c, d) = (
         node.topo.pod("a"),
