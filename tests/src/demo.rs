@@ -149,24 +149,23 @@ pub struct DemoPod {
 }
 
 impl DemoPod {
+    /// The interface `ifname`.
+    pub fn interface(&self, ifname: &str) -> Option<&Interface> {
+        self.interfaces.iter().find(|i| i.ifname == ifname)
+    }
+
     /// The interface `ifname`, as something traffic can reach.
     pub fn at(&self, ifname: &str) -> NodeAt<'_> {
-        let ipv4 = self
-            .interfaces
-            .iter()
-            .find(|i| i.ifname == ifname)
-            .map_or(Ipv4Addr::UNSPECIFIED, |i| i.ipv4);
         NodeAt {
             netns: &self.netns,
-            ipv4,
+            ipv4: self
+                .interface(ifname)
+                .map_or(Ipv4Addr::UNSPECIFIED, |i| i.ipv4),
         }
     }
 
     fn network_of(&self, ifname: &str) -> &str {
-        self.interfaces
-            .iter()
-            .find(|i| i.ifname == ifname)
-            .map_or("?", |i| i.network.as_str())
+        self.interface(ifname).map_or("?", |i| i.network.as_str())
     }
 }
 

@@ -8,7 +8,10 @@ use std::{
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -16,6 +19,7 @@ use std::{
 use tracing::{debug, warn};
 
 use super::{Agent, AgentError};
+use crate::source::kube::KubeSource;
 use crate::{
     api::{Request, Response},
     cni::handler::CniHandler,
@@ -110,30 +114,32 @@ pub fn serve(
 }
 
 /// What changed in the configuration source: the directory's fingerprint, or the Kubernetes
-/// source's generation (and whether it has listed everything once).
+/// source's generation (which also moves when a watch completes its first list). Read without
+/// the agent's lock, so polling never holds up CNI requests.
 #[derive(Debug, PartialEq)]
 enum SourceState {
     Files(Vec<(PathBuf, u64, SystemTime)>),
-    Kube { generation: u64, synced: bool },
+    Kube(u64),
 }
 
-fn source_state(agent: &Mutex<Agent>, dir: &Path) -> SourceState {
-    let agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-    match agent.kube() {
-        Some(kube) => SourceState::Kube {
-            generation: kube.generation(),
-            synced: kube.synced(),
-        },
+fn source_state(kube: Option<&AtomicU64>, dir: &Path) -> SourceState {
+    match kube {
+        Some(generation) => SourceState::Kube(generation.load(Ordering::Relaxed)),
         None => SourceState::Files(fingerprint(dir)),
     }
 }
 
 fn watch(agent: &Mutex<Agent>, dir: &Path) {
-    let mut last = source_state(agent, dir);
+    let kube = agent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .kube()
+        .map(KubeSource::generation_handle);
+    let mut last = source_state(kube.as_deref(), dir);
     let mut last_resync = Instant::now();
     loop {
         thread::sleep(CONFIG_POLL);
-        let now = source_state(agent, dir);
+        let now = source_state(kube.as_deref(), dir);
         let changed = now != last;
         if changed || last_resync.elapsed() >= RESYNC {
             let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());

@@ -328,9 +328,10 @@ impl KubeSource {
         });
     }
 
-    /// Changes whenever any watch applied something.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+    /// A counter that moves whenever any watch applied something (a completed list
+    /// included); the agent polls it without holding its own lock.
+    pub fn generation_handle(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.generation)
     }
 
     /// Whether every watch has completed its first list (before that, the agent must not
