@@ -285,6 +285,10 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn run_agent(args: AgentArgs) -> Result<()> {
     init_logging(args.log_format);
+    // Everything the agent and its delegates create (state, leases, the socket) is private to
+    // root whatever umask it was started with; the state files set their modes explicitly too.
+    // SAFETY: umask(2) has no preconditions.
+    unsafe { libc::umask(0o077) };
     if let Some(AgentSubcommand::Cleanup(paths)) = args.cleanup {
         agent::cleanup(&paths.bpffs, &paths.state_dir, &paths.socket)?;
         eprintln!(
@@ -343,6 +347,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             path => Some(PathBuf::from(path)),
         },
     };
+    // Before any thread starts, so that only the agent's signal thread receives SIGTERM.
+    agent::server::block_stop_signals()?;
     let agent = Agent::start(config).context("starting the agent")?;
     agent::server::serve(agent, &args.paths.socket, args.metrics_address)
         .context("serving the agent API")?;
@@ -378,6 +384,7 @@ fn run_endpoint(what: EndpointCommand, socket: &std::path::Path) -> Result<()> {
                 ips: a.ips,
                 mac: a.mac,
                 bandwidth: None,
+                container_id: None,
             },
         },
         EndpointCommand::Remove {
@@ -408,7 +415,9 @@ fn run_inspect(
             Ok(())
         } else {
             Err(anyhow::anyhow!(
-                "{} does not exist: no genie agent has run on this node with that --bpffs",
+                "{} does not exist: no genie agent has run on this node with that --bpffs \
+                 (`ip netns exec` remounts /sys, which hides bpffs: enter a namespace with \
+                 `nsenter --net=/run/netns/NAME genie …` instead)",
                 bpffs.display()
             ))
         }
@@ -450,7 +459,7 @@ fn run_inspect(
             (serde_json::to_value(&rows)?, cli::conntrack_table(&rows))
         }
         InspectCommand::Attachments => {
-            let rows = Cache::open(&state_dir.join("cni"))?.statuses()?;
+            let rows = Cache::existing(&state_dir.join("cni")).statuses()?;
             (serde_json::to_value(&rows)?, cli::attachments_table(&rows))
         }
     };

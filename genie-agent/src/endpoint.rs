@@ -4,14 +4,17 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cni::annotations::BandwidthRequest, dataplane::AttachSide};
+use crate::{
+    cni::annotations::BandwidthRequest,
+    dataplane::AttachSide,
+    statefile::{PRIVATE_FILE_MODE, private_dir, write_atomically},
+};
 
 /// What a caller asks for when registering an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,11 @@ pub struct EndpointRequest {
     /// capability); they take precedence over its network's.
     #[serde(default)]
     pub bandwidth: Option<BandwidthRequest>,
+    /// The container (pod sandbox) whose CNI ADD registered it: DEL finds the endpoints of a
+    /// container by it even when the attachment cache is lost, and a quota reservation covers
+    /// the container's endpoints while its ADD runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// A registered endpoint.
@@ -56,6 +64,20 @@ pub struct Endpoint {
     /// The key of an in-pod endpoint's own program instance (0 on the host side).
     #[serde(default)]
     pub pod_key: u32,
+    /// Set for an endpoint the agent found enforced in the pinned maps without any record of
+    /// it (a lost state directory): it keeps the identity it had, and is forgotten only when
+    /// its interface goes or by an explicit removal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<Recovered>,
+}
+
+/// What is known of an endpoint recovered from the pinned maps alone: no pod, namespace or
+/// interface name, only what the dataplane enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovered {
+    /// The (tenant, network) identity its record carried.
+    pub identity: u32,
 }
 
 impl Endpoint {
@@ -101,6 +123,9 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// The registry's file in the state directory.
+pub const REGISTRY_FILE: &str = "endpoints.json";
+
 /// The endpoints of this node, by id, persisted as one JSON file.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -109,10 +134,17 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads the registry from `state_dir/endpoints.json` (empty when absent).
+    /// Opens the agent's registry in `state_dir` (created private when missing): loads
+    /// `endpoints.json`, empty when absent.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
-        fs::create_dir_all(state_dir)?;
-        let path = state_dir.join("endpoints.json");
+        private_dir(state_dir)?;
+        Self::load(state_dir)
+    }
+
+    /// Reads the registry in `state_dir` without creating or changing anything (inspection):
+    /// empty when there is none.
+    pub fn load(state_dir: &Path) -> std::io::Result<Self> {
+        let path = state_dir.join(REGISTRY_FILE);
         let endpoints = match fs::read(&path) {
             Ok(bytes) => {
                 let list: Vec<Endpoint> =
@@ -172,21 +204,6 @@ impl Registry {
         };
         let list: Vec<&Endpoint> = self.endpoints.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
-        write_atomically(path, &bytes)
+        write_atomically(path, &bytes, PRIVATE_FILE_MODE)
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

@@ -104,7 +104,7 @@ pub fn endpoints(bpffs: &Path, state_dir: &Path) -> Result<Vec<EndpointRow>, Dat
     let maps = PinnedMaps::open(bpffs)?;
     let state = maps.read_state()?;
     let names = IdentityNames(state.identities.clone());
-    let registry = Registry::open(state_dir).unwrap_or_default();
+    let registry = Registry::load(state_dir).unwrap_or_default();
     let mut rows: Vec<EndpointRow> = state
         .endpoints
         .iter()
@@ -331,7 +331,7 @@ pub fn limits(bpffs: &Path, state_dir: &Path) -> Result<Vec<LimitRow>, Dataplane
     let maps = PinnedMaps::open(bpffs)?;
     let state = maps.read_state()?;
     let names = IdentityNames(state.identities.clone());
-    let registry = Registry::open(state_dir).unwrap_or_default();
+    let registry = Registry::load(state_dir).unwrap_or_default();
     Ok(state
         .buckets
         .iter()

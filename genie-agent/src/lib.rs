@@ -14,6 +14,7 @@ pub mod model;
 pub mod netns;
 pub mod reconcile;
 pub mod source;
+pub mod statefile;
 
 /// The eBPF object built by `build.rs` (`xtask::ebpf`), with BTF.
 pub static EBPF_OBJECT: &[u8] =

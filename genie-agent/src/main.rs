@@ -2,8 +2,17 @@
 
 mod commands;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
-    commands::run(commands::Cli::parse())
+fn main() -> ExitCode {
+    match commands::run(commands::Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // A message with its causes, never a backtrace: operators read this, not developers.
+            eprintln!("genie: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -82,6 +82,8 @@ pub fn invoke_raw(env: &[(&str, String)], stdin: &[u8]) -> Result<CniOutcome> {
 pub struct Runtime {
     /// The network configuration given on stdin.
     pub config: Value,
+    /// `CNI_PATH`.
+    pub cni_path: Vec<PathBuf>,
 }
 
 /// One pod sandbox as the runtime knows it.
@@ -117,7 +119,15 @@ impl Runtime {
                 "agentSocket": node.socket(),
                 "defaultNetwork": default_network,
             }),
+            cni_path: vec![PathBuf::from(DEBIAN_CNI_PATH)],
         }
+    }
+
+    /// `CNI_PATH` as joined for the environment.
+    fn path_var(&self) -> String {
+        std::env::join_paths(&self.cni_path)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     fn env(&self, command: &str, sandbox: &Sandbox) -> Vec<(&'static str, String)> {
@@ -125,7 +135,7 @@ impl Runtime {
             ("CNI_COMMAND", command.to_owned()),
             ("CNI_CONTAINERID", sandbox.container_id.clone()),
             ("CNI_IFNAME", "eth0".to_owned()),
-            ("CNI_PATH", DEBIAN_CNI_PATH.to_owned()),
+            ("CNI_PATH", self.path_var()),
             (
                 "CNI_ARGS",
                 format!(
@@ -162,7 +172,7 @@ impl Runtime {
         invoke_raw(
             &[
                 ("CNI_COMMAND", command.to_owned()),
-                ("CNI_PATH", DEBIAN_CNI_PATH.to_owned()),
+                ("CNI_PATH", self.path_var()),
             ],
             serde_json::to_vec(&config)?.as_slice(),
         )
@@ -235,4 +245,79 @@ pub fn network_status(node: &TestNode, pod: &str) -> Result<BTreeMap<String, Val
         .flatten()
         .filter_map(|s| Some((s["interface"].as_str()?.to_owned(), s.clone())))
         .collect())
+}
+
+/// What genie and the delegates hold on a node: its per-pod links, IP leases, attachment cache
+/// records, endpoint and address records in the maps, and pinned links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    pub node_links: Vec<String>,
+    pub leases: Vec<PathBuf>,
+    pub cache: Vec<PathBuf>,
+    pub endpoint_records: usize,
+    pub address_records: usize,
+    pub pinned_links: Vec<PathBuf>,
+}
+
+/// The [`Footprint`] of `node` now.
+pub fn footprint(node: &TestNode) -> Footprint {
+    let state = node.state_dir();
+    let maps = genie_agent::dataplane::PinnedMaps::open(node.bpffs())
+        .and_then(|m| m.read_state())
+        .expect("the node's pinned maps are readable");
+    // The bridge plugin creates a network's bridge on first use and keeps it, shared by the
+    // network's pods (as under any runtime): per-pod links are what must not stay.
+    let mut node_links = link_names(node.topo.node());
+    node_links.retain(|l| !l.starts_with("gbr-"));
+    Footprint {
+        node_links,
+        leases: files_under(&state.join("ipam"))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+            })
+            .collect(),
+        cache: files_under(&state.join("cni")),
+        endpoint_records: maps.endpoints.len(),
+        address_records: maps.addrs.len(),
+        pinned_links: files_under(&node.bpffs().join("links")),
+    }
+}
+
+/// The names of the links in a namespace, sorted.
+pub fn link_names(ns: &Netns) -> Vec<String> {
+    let out = ns.ip(&["-o", "link", "show"]).expect("ip link show");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every file below `dir`, sorted (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The first IPv4 address of an ADD result.
+pub fn result_ipv4(result: &Value) -> Option<std::net::Ipv4Addr> {
+    result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .next()
 }

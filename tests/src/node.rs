@@ -43,6 +43,8 @@ pub struct TestNode {
     agent: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
+    /// The umask the agent starts with (`None`: this process's).
+    umask: Option<u32>,
     /// The agent survives this process (`cargo xtask demo --keep`).
     outlives_process: bool,
     // Last: dropped after the agent is gone.
@@ -59,6 +61,7 @@ impl TestNode {
             agent: std::sync::Mutex::new(None),
             extra_args: Vec::new(),
             extra_env: Vec::new(),
+            umask: None,
             outlives_process: false,
             topo,
         };
@@ -75,6 +78,12 @@ impl TestNode {
     /// An environment variable for `genie agent` (e.g. `RUST_LOG`).
     pub fn with_agent_env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the agent with this umask (e.g. 0: a careless operator's shell).
+    pub fn with_agent_umask(mut self, umask: u32) -> Self {
+        self.umask = Some(umask);
         self
     }
 
@@ -178,6 +187,16 @@ impl TestNode {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: umask(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
         if !self.outlives_process {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: the closure only calls prctl, which is async-signal-safe.
@@ -234,6 +253,17 @@ impl TestNode {
         Ok(())
     }
 
+    /// Sends SIGTERM to the agent and waits for it to exit; returns its exit status.
+    pub fn terminate_agent(&self) -> Result<std::process::ExitStatus> {
+        let child = self.agent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut child = child.context("the agent does not run")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(child.wait()?)
+    }
+
     /// One API call.
     pub fn call(&self, request: &Request) -> Result<Response, api::ClientError> {
         api::call(&self.socket(), request, Duration::from_secs(30))
@@ -253,6 +283,7 @@ impl TestNode {
             ips: vec![IpAddr::V4(pod.ipv4)],
             mac: Some(pod.mac_string()),
             bandwidth: None,
+            container_id: None,
         }
     }
 

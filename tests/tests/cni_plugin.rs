@@ -3,18 +3,15 @@
 //! all of them; refusals with their own codes that change nothing; rollback of a failed
 //! attachment; ADD/DEL cycles that leave nothing behind; CHECK, VERSION, STATUS and GC.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, process::Command};
 
 use genie_agent::dataplane::PinnedMaps;
 use genie_tests::{
     TestNode, Topology,
-    cni::{Runtime, Sandbox, add_uplink, default_network, invoke_raw, network_status},
+    cni::{
+        Footprint, Runtime, Sandbox, add_uplink, default_network, footprint, invoke_raw,
+        link_names, network_status,
+    },
     topology::Netns,
     traffic::{NodeAt, iperf3, ping, tcp_echo},
 };
@@ -152,74 +149,15 @@ impl CniNode {
         Netns::create(format!("{}-{label}", self.node.topo.base()), false).unwrap()
     }
 
-    /// What genie and the delegates hold on the node: links, leases, cache records, endpoint
-    /// registrations and map entries.
+    /// What genie and the delegates hold on the node.
     fn footprint(&self) -> Footprint {
-        let state = self.node.state_dir();
-        let maps = PinnedMaps::open(self.node.bpffs())
-            .unwrap()
-            .read_state()
-            .unwrap();
-        // The bridge plugin creates a network's bridge on first use and keeps it, shared by the
-        // network's pods (as under any runtime): per-pod links are what must not stay.
-        let mut node_links = link_names(self.node.topo.node());
-        node_links.retain(|l| !l.starts_with("gbr-"));
-        Footprint {
-            node_links,
-            leases: files_under(&state.join("ipam"))
-                .into_iter()
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-                })
-                .collect(),
-            cache: files_under(&state.join("cni")),
-            endpoint_records: maps.endpoints.len(),
-            address_records: maps.addrs.len(),
-            pinned_links: files_under(&self.node.bpffs().join("links")),
-        }
+        footprint(&self.node)
     }
 
     /// The network status of one pod, by interface.
     fn network_status(&self, pod: &str) -> BTreeMap<String, Value> {
         network_status(&self.node, pod).unwrap()
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Footprint {
-    node_links: Vec<String>,
-    leases: Vec<PathBuf>,
-    cache: Vec<PathBuf>,
-    endpoint_records: usize,
-    address_records: usize,
-    pinned_links: Vec<PathBuf>,
-}
-
-fn link_names(ns: &Netns) -> Vec<String> {
-    let out = ns.ip(&["-o", "link", "show"]).unwrap();
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
 }
 
 fn ipv4_of(status: &Value) -> Ipv4Addr {

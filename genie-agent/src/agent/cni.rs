@@ -72,7 +72,35 @@ impl Agent {
     /// The attachments of pod `namespace/pod`, or the error that refuses its ADD. In file mode a
     /// pod the configuration does not mention gets the default network only; with the
     /// Kubernetes source an unseen pod is "try again later".
-    pub fn cni_plan(&self, namespace: &str, pod: &str) -> Result<Vec<PlannedAttachment>, CniError> {
+    ///
+    /// A plan that counts against a quota reserves its endpoints for `container` until
+    /// [`Agent::release_reservation`].
+    pub fn cni_plan(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<Vec<PlannedAttachment>, CniError> {
+        let plan = self.plan_attachments(self.plan_model()?, namespace, pod)?;
+        self.reserve_quota(namespace, container, plan.len())
+            .map_err(|usage| {
+                CniError::new(
+                    code::QUOTA_REACHED,
+                    format!(
+                        "pod {namespace}/{pod} needs {} endpoints, but tenant {:?} uses {} of its quota of {}",
+                        plan.len(),
+                        usage.tenant,
+                        usage.used,
+                        usage.quota
+                    ),
+                    usage.tenant,
+                )
+            })?;
+        Ok(plan)
+    }
+
+    /// The model a plan may be made from, or why there is none.
+    fn plan_model(&self) -> Result<&crate::model::Model, CniError> {
         let Some(model) = &self.model else {
             return Err(CniError::new(
                 code::TRY_AGAIN_LATER,
@@ -89,6 +117,15 @@ impl Agent {
                 error.clone(),
             ));
         }
+        Ok(model)
+    }
+
+    fn plan_attachments(
+        &self,
+        model: &crate::model::Model,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Vec<PlannedAttachment>, CniError> {
         let pod_name = format!("{namespace}/{pod}");
         let manifest = model.pods.get(&(namespace.to_owned(), pod.to_owned()));
         if manifest.is_none() && self.kube().is_some() {
@@ -167,21 +204,29 @@ impl Agent {
                 subnets: network.subnets.clone(),
             });
         }
-        if let Some(usage) = self.quota_usage(model, namespace)
-            && usage.used + plan.len() > usage.quota
-        {
-            return Err(CniError::new(
-                code::QUOTA_REACHED,
-                format!(
-                    "pod {pod_name} needs {} endpoints, but tenant {:?} uses {} of its quota of {}",
-                    plan.len(),
-                    usage.tenant,
-                    usage.used,
-                    usage.quota
-                ),
-                usage.tenant,
-            ));
-        }
         Ok(plan)
+    }
+
+    /// What DEL needs to run `network`'s delegate for interface `interface` when the
+    /// attachment cache is lost: the network's plugin and subnets as the current model has
+    /// them (`None` when the network is gone).
+    pub fn network_delegate(&self, network: &str, interface: &str) -> Option<PlannedAttachment> {
+        if network == DEFAULT_NETWORK {
+            return Some(PlannedAttachment {
+                network: network.to_owned(),
+                interface: interface.to_owned(),
+                plugin: None,
+                subnets: Vec::new(),
+                bandwidth: None,
+            });
+        }
+        let net = self.model.as_ref()?.logical.get(network)?;
+        Some(PlannedAttachment {
+            network: network.to_owned(),
+            interface: interface.to_owned(),
+            plugin: net.plugin.clone(),
+            subnets: net.subnets.clone(),
+            bandwidth: None,
+        })
     }
 }

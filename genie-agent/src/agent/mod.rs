@@ -3,6 +3,7 @@
 
 mod cni;
 mod node;
+mod recovery;
 pub mod server;
 
 use std::{
@@ -139,6 +140,17 @@ pub struct Agent {
     cluster: ClusterSnapshot,
     /// The problems of the objects as last loaded (Kubernetes source: reported in status).
     object_errors: Vec<model::ConfigError>,
+    /// Quota taken by CNI ADDs in progress, by container: planned endpoints count against
+    /// their tenant's quota from planning until the ADD ends, so concurrent ADDs cannot both
+    /// see room that only one of them can have.
+    reservations: BTreeMap<String, QuotaReservation>,
+}
+
+/// Endpoints a CNI ADD in progress will register for its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaReservation {
+    pub tenant: String,
+    pub endpoints: usize,
 }
 
 impl Agent {
@@ -175,6 +187,7 @@ impl Agent {
             kube,
             cluster: ClusterSnapshot::default(),
             object_errors: Vec::new(),
+            reservations: BTreeMap::new(),
         };
         agent.readopt_endpoints()?;
         if let Some(cgroup) = agent.config.pacing_cgroup.clone() {
@@ -195,10 +208,16 @@ impl Agent {
     }
 
     /// Swaps the new program into every registered endpoint's links; forgets endpoints whose
-    /// interface is gone (their pod was deleted while the agent was down).
+    /// interface is gone (their pod was deleted while the agent was down). Endpoints that are
+    /// enforced but not registered are recovered first, never detached.
     fn readopt_endpoints(&mut self) -> Result<(), AgentError> {
+        self.recover_unregistered()?;
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
         for ep in endpoints {
+            if ep.recovered.is_some() && ep.request.side == AttachSide::InPod {
+                // Its namespace is unknown: the program instance in its pinned link stays.
+                continue;
+            }
             let attached = match ep.request.side {
                 AttachSide::Host => Ok(None),
                 AttachSide::InPod => self.dataplane.pod_instance(ep.pod_key).map(Some),
@@ -224,13 +243,6 @@ impl Agent {
                         })?;
                 }
                 Err(e) => return Err(e.into()),
-            }
-        }
-        // Links whose endpoint is not registered belong to nobody: detach them.
-        for id in self.dataplane.attached_endpoint_ids() {
-            if self.registry.get(id).is_none() {
-                warn!(endpoint = id, "detaching links of an unregistered endpoint");
-                self.dataplane.detach(id)?;
             }
         }
         Ok(())
@@ -392,6 +404,7 @@ impl Agent {
     /// repairs anything changed behind the agent's back) and drops counters of endpoints that
     /// are gone. Runs at start, on configuration changes and periodically.
     pub fn resync(&mut self) -> Result<ApplyStats, AgentError> {
+        self.forget_vanished()?;
         self.node = None;
         self.applied = None;
         let stats = self.reconcile()?;
@@ -400,21 +413,77 @@ impl Agent {
         Ok(stats)
     }
 
-    /// The quota of the tenant owning `namespace` and the endpoints it has registered, when
-    /// that tenant has a quota.
+    /// The quota of the tenant owning `namespace` and what it uses — registered endpoints plus
+    /// the reservations of ADDs in progress (whose own endpoints count once, through the
+    /// reservation) — when that tenant has a quota.
     fn quota_usage(&self, model: &Model, namespace: &str) -> Option<QuotaUsage> {
         let tenant = model.namespace_tenant.get(namespace)?;
         let quota = model.tenants[tenant].quota_endpoints? as usize;
-        let used = self
+        let registered = self
             .registry
             .all()
             .filter(|e| model.namespace_tenant.get(&e.request.namespace) == Some(tenant))
+            .filter(|e| {
+                e.request
+                    .container_id
+                    .as_ref()
+                    .is_none_or(|c| !self.reservations.contains_key(c))
+            })
             .count();
+        let reserved: usize = self
+            .reservations
+            .values()
+            .filter(|r| &r.tenant == tenant)
+            .map(|r| r.endpoints)
+            .sum();
         Some(QuotaUsage {
             tenant: tenant.clone(),
             quota,
-            used,
+            used: registered + reserved,
         })
+    }
+
+    /// Takes `endpoints` of the quota of the tenant owning `namespace` for the ADD of
+    /// `container` (see [`Agent::release_reservation`]); fails when they do not fit. Nothing is
+    /// taken for a tenant without a quota.
+    fn reserve_quota(
+        &mut self,
+        namespace: &str,
+        container: &str,
+        endpoints: usize,
+    ) -> Result<(), QuotaUsage> {
+        let Some(usage) = self
+            .model
+            .as_ref()
+            .and_then(|model| self.quota_usage(model, namespace))
+        else {
+            return Ok(());
+        };
+        if usage.used + endpoints > usage.quota {
+            return Err(usage);
+        }
+        self.reservations.insert(
+            container.to_owned(),
+            QuotaReservation {
+                tenant: usage.tenant,
+                endpoints,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives back what the ADD of `container` reserved (it ended, registered or rolled back).
+    pub fn release_reservation(&mut self, container: &str) {
+        self.reservations.remove(container);
+    }
+
+    /// The endpoints the CNI ADD of `container` registered, in registration order.
+    pub fn endpoints_of_container(&self, container: &str) -> Vec<Endpoint> {
+        self.registry
+            .all()
+            .filter(|e| e.request.container_id.as_deref() == Some(container))
+            .cloned()
+            .collect()
     }
 
     /// The current status.
@@ -484,7 +553,12 @@ impl Agent {
                 ));
             }
         }
-        if let Some(usage) = self.quota_usage(model, &request.namespace)
+        let reserved = request
+            .container_id
+            .as_ref()
+            .is_some_and(|c| self.reservations.contains_key(c));
+        if !reserved
+            && let Some(usage) = self.quota_usage(model, &request.namespace)
             && usage.used >= usage.quota
         {
             return Err(AgentError::QuotaReached {
@@ -526,6 +600,7 @@ impl Agent {
             request,
             ifindex,
             pod_key: pod_instance.as_ref().map_or(0, PodInstance::key),
+            recovered: None,
         };
         self.registry
             .insert(endpoint.clone())
@@ -641,7 +716,10 @@ impl Agent {
 /// removes the registry and the socket.
 pub fn cleanup(bpffs: &Path, state_dir: &Path, socket: &Path) -> Result<(), AgentError> {
     crate::dataplane::cleanup(bpffs)?;
-    for path in [state_dir.join("endpoints.json"), socket.to_owned()] {
+    for path in [
+        state_dir.join(crate::endpoint::REGISTRY_FILE),
+        socket.to_owned(),
+    ] {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -10,12 +10,13 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
+use nix::sys::signal::{SigSet, Signal};
 use tracing::{debug, warn};
 
 use super::{Agent, AgentError};
@@ -30,6 +31,9 @@ pub const CONFIG_POLL: Duration = Duration::from_millis(250);
 /// How often the agent resyncs without a change: re-reads node addresses and the maps
 /// (repairs), drops counters of removed endpoints.
 pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// How often cached attachments are checked for containers whose network namespace is gone.
+pub const SWEEP: Duration = Duration::from_secs(30);
 
 /// A cheap fingerprint of a directory's `*.yaml` files: names, sizes and modification times.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
@@ -83,29 +87,50 @@ pub fn serve(
             })?;
     }
 
-    if let Some(dir) = socket.parent() {
-        fs::create_dir_all(dir).map_err(|source| AgentError::Registry {
-            path: dir.to_owned(),
-            source,
-        })?;
+    // Before any request: what a dead agent or a lost DEL left behind goes first.
+    let swept = cni.sweep(&agent);
+    if !swept.is_empty() {
+        tracing::info!(containers = ?swept, "tore down stale attachments");
     }
-    // A socket file left by a killed agent refuses connections; replace it.
-    let _ = fs::remove_file(socket);
-    let listener = UnixListener::bind(socket).map_err(|source| AgentError::Registry {
-        path: socket.to_owned(),
-        source,
-    })?;
-    // Registering endpoints changes isolation: root only.
-    let _ = fs::set_permissions(socket, fs::Permissions::from_mode(0o600));
+    {
+        let agent = Arc::clone(&agent);
+        let cni = Arc::clone(&cni);
+        thread::Builder::new()
+            .name("cni-sweep".to_owned())
+            .spawn(move || {
+                loop {
+                    thread::sleep(SWEEP);
+                    cni.sweep(&agent);
+                }
+            })
+            .map_err(|source| AgentError::Registry {
+                path: PathBuf::from("cni-sweep thread"),
+                source,
+            })?;
+    }
+    let listener = bind_private(socket)?;
     tracing::info!(socket = %socket.display(), "API listening");
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    {
+        let socket = socket.to_owned();
+        let in_flight = Arc::clone(&in_flight);
+        thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || stop_on_signal(&socket, &in_flight))
+            .map_err(|source| AgentError::Registry {
+                path: PathBuf::from("signal thread"),
+                source,
+            })?;
+    }
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
                 let agent = Arc::clone(&agent);
                 let cni = Arc::clone(&cni);
+                let in_flight = Arc::clone(&in_flight);
                 let _ = thread::Builder::new()
                     .name("api".to_owned())
-                    .spawn(move || handle_connection(&agent, &cni, stream));
+                    .spawn(move || handle_connection(&agent, &cni, &in_flight, stream));
             }
             Err(e) => warn!(error = %e, "accepting an API connection failed"),
         }
@@ -155,7 +180,73 @@ fn watch(agent: &Mutex<Agent>, dir: &Path) {
     }
 }
 
-fn handle_connection(agent: &Mutex<Agent>, cni: &CniHandler, stream: UnixStream) {
+/// The signals that stop the agent. [`block_stop_signals`] blocks them in every thread, so
+/// only the thread waiting in [`stop_on_signal`] receives them.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts afterwards: call
+/// it first thing, before any thread exists.
+pub fn block_stop_signals() -> Result<(), AgentError> {
+    stop_signals()
+        .thread_block()
+        .map_err(|errno| AgentError::Registry {
+            path: PathBuf::from("signal mask"),
+            source: std::io::Error::from(errno),
+        })
+}
+
+/// How long a stopping agent waits for CNI requests in progress to finish.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Waits for SIGTERM or SIGINT, then stops cleanly: the socket goes first (new requests get
+/// "agent not running", code 11, from genie-cni), requests in progress may finish, and the
+/// process exits. Enforcement is pinned and stays as it is.
+fn stop_on_signal(socket: &Path, in_flight: &AtomicUsize) {
+    let Ok(signal) = stop_signals().wait() else {
+        return;
+    };
+    tracing::info!(signal = %signal, "stopping: the API socket is removed, enforcement stays pinned");
+    let _ = fs::remove_file(socket);
+    let deadline = Instant::now() + STOP_GRACE;
+    while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    std::process::exit(0);
+}
+
+/// Binds the API socket so that nobody but root can connect at any moment: under the private
+/// umask of `genie agent` the socket is created `0700` and then set to `0600`; its directory is
+/// created private when missing.
+fn bind_private(socket: &Path) -> Result<UnixListener, AgentError> {
+    let registry_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AgentError::Registry { path, source }
+    };
+    if let Some(dir) = socket.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        crate::statefile::private_dir(dir).map_err(registry_err(dir))?;
+    }
+    // A socket file left by a killed agent refuses connections; replace it.
+    let _ = fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(registry_err(socket))?;
+    // Registering endpoints changes isolation: root only.
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600)).map_err(registry_err(socket))?;
+    Ok(listener)
+}
+
+fn handle_connection(
+    agent: &Mutex<Agent>,
+    cni: &CniHandler,
+    in_flight: &AtomicUsize,
+    stream: UnixStream,
+) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -168,16 +259,21 @@ fn handle_connection(agent: &Mutex<Agent>, cni: &CniHandler, stream: UnixStream)
         }
         let response = match serde_json::from_str::<Request>(&line) {
             // CNI requests lock the agent only for short steps: delegates run unlocked.
-            Ok(Request::Cni { env, config }) => match cni.handle(agent, &env, &config) {
-                Ok(result) => Response {
-                    cni_result: result,
-                    ..Response::ok()
-                },
-                Err(error) => Response {
-                    cni_error: Some(error),
-                    ..Response::ok()
-                },
-            },
+            Ok(Request::Cni { env, config }) => {
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                let outcome = cni.handle(agent, &env, &config);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                match outcome {
+                    Ok(result) => Response {
+                        cni_result: result,
+                        ..Response::ok()
+                    },
+                    Err(error) => Response {
+                        cni_error: Some(error),
+                        ..Response::ok()
+                    },
+                }
+            }
             Ok(request) => {
                 let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
                 respond(&mut agent, request)

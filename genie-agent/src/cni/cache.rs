@@ -10,8 +10,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::spec::valid_identifier;
-use crate::endpoint::write_atomically;
+use super::{delegate::AddResult, spec::valid_identifier};
+use crate::dataplane::AttachSide;
+use crate::endpoint::EndpointRequest;
+use crate::statefile::{PRIVATE_FILE_MODE, private_dir, write_atomically};
 
 /// One interface of a container, as ADD created it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,64 @@ pub struct CachedContainer {
     pub args: std::collections::BTreeMap<String, String>,
     /// In the order ADD created them; DEL goes in reverse.
     pub attachments: Vec<CachedAttachment>,
+    /// True from the start of ADD until it has put every interface under genie's programs: a
+    /// record still adding when the agent starts belongs to an ADD the agent died in, and is
+    /// torn down.
+    #[serde(default)]
+    pub adding: bool,
+}
+
+impl CachedContainer {
+    /// The endpoint for the interface attachment `attachment` of this container created, from
+    /// the delegate's result: the host side of its veth when it made one, otherwise the pod's
+    /// own interface (macvlan). `node_netns` is where host sides live.
+    pub fn endpoint_request(
+        &self,
+        attachment: &CachedAttachment,
+        node_netns: &Path,
+    ) -> Result<EndpointRequest, String> {
+        let added = AddResult::parse(
+            &attachment.plugin.display().to_string(),
+            attachment.result.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        let pod_netns = self.netns.clone().unwrap_or_default();
+        let (side, netns, interface) = match added.host_interface() {
+            Some(host) => (AttachSide::Host, node_netns.to_owned(), host.name.clone()),
+            None => (
+                AttachSide::InPod,
+                pod_netns.clone(),
+                attachment.ifname.clone(),
+            ),
+        };
+        let ips: Vec<_> = added
+            .addresses_of(&attachment.ifname)
+            .iter()
+            .map(|n| n.addr())
+            .collect();
+        if ips.is_empty() {
+            return Err(
+                "the delegate assigned no address; genie isolates endpoints by address, so every network needs IPAM"
+                    .to_owned(),
+            );
+        }
+        Ok(EndpointRequest {
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
+            network: attachment.network.clone(),
+            interface: attachment.ifname.clone(),
+            host_interface: interface,
+            netns,
+            side,
+            pod_netns: Some(pod_netns),
+            ips,
+            mac: added
+                .container_interface(&attachment.ifname)
+                .and_then(|i| i.mac.clone()),
+            bandwidth: attachment.bandwidth,
+            container_id: Some(self.container_id.clone()),
+        })
+    }
 }
 
 /// One container's attachments as `genie inspect attachments` shows them.
@@ -93,13 +153,20 @@ pub struct Cache {
 impl Cache {
     /// Opens (creating) the cache in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
-        fs::create_dir_all(dir).map_err(|source| CacheError::Io {
+        private_dir(dir).map_err(|source| CacheError::Io {
             path: dir.to_owned(),
             source,
         })?;
         Ok(Self {
             dir: dir.to_owned(),
         })
+    }
+
+    /// The cache in `dir` for reading (inspection): nothing is created or changed.
+    pub fn existing(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
     }
 
     fn path(&self, container_id: &str) -> Result<PathBuf, CacheError> {
@@ -129,7 +196,8 @@ impl Cache {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        write_atomically(&path, &bytes).map_err(|source| CacheError::Io { path, source })
+        write_atomically(&path, &bytes, PRIVATE_FILE_MODE)
+            .map_err(|source| CacheError::Io { path, source })
     }
 
     /// Forgets a container; forgetting an unknown one succeeds.
@@ -160,11 +228,18 @@ impl Cache {
 
     /// The ids of every cached container (for GC).
     pub fn container_ids(&self) -> Result<Vec<String>, CacheError> {
-        let mut ids: Vec<String> = fs::read_dir(&self.dir)
-            .map_err(|source| CacheError::Io {
-                path: self.dir.clone(),
-                source,
-            })?
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            // No genie-cni ADD has run on this node (inspection before the agent's first start).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(CacheError::Io {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut ids: Vec<String> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
@@ -200,6 +275,7 @@ mod tests {
                 endpoint: Some(3),
                 bandwidth: None,
             }],
+            adding: false,
         }
     }
 

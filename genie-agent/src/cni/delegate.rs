@@ -244,13 +244,21 @@ fn finish(
         source,
     };
     let input = serde_json::to_vec(config).map_err(|e| io(std::io::Error::other(e)))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(&input)
-        .map_err(io)?;
+    // The configuration is written by its own thread while this one collects the output: a
+    // plugin may answer before it has read all of stdin (or without reading it at all, when it
+    // fails early), and a configuration larger than the pipe would otherwise deadlock against
+    // a plugin blocked on writing stdout. A plugin that stops reading makes the write fail
+    // with EPIPE; that is no error of its own — its exit status and output say what happened.
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || match stdin.write_all(&input) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    });
     let output = child.wait_with_output().map_err(io)?;
+    writer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the stdin writer panicked")))
+        .map_err(io)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let error = serde_json::from_str::<spec::CniError>(&stdout).unwrap_or_else(|_| {
@@ -565,5 +573,42 @@ mod tests {
             r.addresses_of("eth1"),
             vec!["198.18.1.5/24".parse::<IpNet>().unwrap()]
         );
+    }
+
+    /// A plugin that fails before reading its configuration (as a Go plugin does when its
+    /// environment is wrong) must be reported by its own answer, not by the EPIPE genie meets
+    /// writing the configuration; a configuration larger than the pipe makes that certain.
+    #[test]
+    fn a_plugin_that_exits_without_reading_stdin_is_reported_by_its_own_answer() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("genie-delegate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let plugin = dir.join("early-exit");
+        std::fs::write(
+            &plugin,
+            "#!/bin/sh\necho '{\"cniVersion\": \"1.0.0\", \"code\": 7, \"msg\": \"bad config\"}'\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let invocation = Invocation {
+            path: vec![dir.clone()],
+            container_id: "c1".to_owned(),
+            netns: None,
+            ifname: "eth1".to_owned(),
+            args: BTreeMap::new(),
+            host_netns: None,
+        };
+        let config =
+            json!({"cniVersion": "1.0.0", "type": "early-exit", "padding": "x".repeat(1 << 20)});
+        for _ in 0..5 {
+            match add(&plugin, &invocation, &config) {
+                Err(DelegateError::Failed { error, .. }) => {
+                    assert_eq!((error.code, error.msg.as_str()), (7, "bad config"));
+                }
+                other => panic!("expected the plugin's own error, got {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,14 +21,13 @@ use tracing::{info, warn};
 use super::{
     annotations::{BandwidthRequest, DEFAULT_INTERFACE},
     cache::{Cache, CacheError, CachedAttachment, CachedContainer},
-    delegate::{self, AddResult, DelegateError, Invocation},
+    delegate::{self, DelegateError, Invocation},
     result,
     spec::{CniError, Command, Env, NetConf, code, version_result},
 };
 use crate::{
     agent::{Agent, AgentError, PlannedAttachment},
-    dataplane::{AttachSide, interface_index},
-    endpoint::EndpointRequest,
+    dataplane::interface_index,
 };
 
 /// How long `genie-cni` waits for the agent's answer: ADD runs every delegate of the pod.
@@ -66,6 +65,18 @@ impl Drop for ContainerGuard<'_> {
         let mut busy = self.locks.busy.lock().unwrap_or_else(|p| p.into_inner());
         busy.remove(&self.id);
         self.locks.freed.notify_all();
+    }
+}
+
+/// Gives a container's quota reservation back when its ADD ends, however it ends.
+struct ReservationGuard<'a> {
+    agent: &'a Mutex<Agent>,
+    container: String,
+}
+
+impl Drop for ReservationGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.agent).release_reservation(&self.container);
     }
 }
 
@@ -123,7 +134,7 @@ impl CniHandler {
     pub fn new(state_dir: &Path, node_netns: &Path) -> Result<Self, CacheError> {
         Ok(Self {
             cache: Cache::open(&state_dir.join("cni"))?,
-            ipam_dir: state_dir.join("ipam"),
+            ipam_dir: super::ipam_dir(state_dir),
             node_netns: node_netns.to_owned(),
             locks: ContainerLocks::default(),
             versions: Mutex::default(),
@@ -139,7 +150,7 @@ impl CniHandler {
     ) -> Result<Option<Value>, CniError> {
         let outcome = match env.command {
             Command::Add => self.add(agent, env, conf).map(Some),
-            Command::Del => self.del(agent, env).map(|()| None),
+            Command::Del => self.del(agent, env, conf).map(|()| None),
             Command::Check => self.check(agent, env).map(|()| None),
             Command::Gc => self.gc(agent, conf).map(|()| None),
             Command::Status => {
@@ -175,7 +186,11 @@ impl CniHandler {
             .map_or(("default".to_owned(), container_id.clone()), |(n, p)| {
                 (n.to_owned(), p.to_owned())
             });
-        let plan = lock(agent).cni_plan(&namespace, &pod)?;
+        let plan = lock(agent).cni_plan(&namespace, &pod, &container_id)?;
+        let _reservation = ReservationGuard {
+            agent,
+            container: container_id.clone(),
+        };
         let runtime_bandwidth = runtime_bandwidth(conf)?;
         let mut prepared = Vec::with_capacity(plan.len());
         for planned in &plan {
@@ -191,6 +206,7 @@ impl CniHandler {
             cni_path: env.path.clone(),
             args: env.args.clone(),
             attachments: Vec::new(),
+            adding: true,
         };
         let mut primary = None;
         for attachment in prepared {
@@ -207,6 +223,11 @@ impl CniHandler {
                     return Err(error);
                 }
             }
+        }
+        record.adding = false;
+        if let Err(error) = self.cache.store(&record).map_err(io_error) {
+            let _ = self.teardown(agent, &mut record);
+            return Err(error);
         }
         info!(container = %record.container_id, pod = %format!("{}/{}", record.namespace, record.pod), interfaces = record.attachments.len(), "pod attached");
         if let Some(kube) = lock(agent).kube() {
@@ -325,62 +346,17 @@ impl CniHandler {
         let last = record.attachments.len() - 1;
         record.attachments[last].result = added.raw.clone();
         self.cache.store(record).map_err(io_error)?;
-        let request = self.endpoint_request(record, &record.attachments[last], &added, &label)?;
+        let request = record
+            .endpoint_request(&record.attachments[last], &self.node_netns)
+            .map_err(|m| {
+                CniError::new(code::INVALID_NETWORK_CONFIG, format!("{label}: {m}"), "")
+            })?;
         let endpoint = lock(agent)
             .add_endpoint(request)
             .map_err(|e| agent_error(&label, e))?;
         record.attachments[last].endpoint = Some(endpoint.id);
         self.cache.store(record).map_err(io_error)?;
         Ok(added.raw)
-    }
-
-    /// The endpoint for an interface a delegate created: the host side of its veth when it
-    /// made one, otherwise the pod's own interface (macvlan).
-    fn endpoint_request(
-        &self,
-        record: &CachedContainer,
-        attachment: &CachedAttachment,
-        added: &AddResult,
-        label: &str,
-    ) -> Result<EndpointRequest, CniError> {
-        let pod_netns = record.netns.clone().unwrap_or_default();
-        let (side, netns, interface) = match added.host_interface() {
-            Some(host) => (AttachSide::Host, self.node_netns.clone(), host.name.clone()),
-            None => (
-                AttachSide::InPod,
-                pod_netns.clone(),
-                attachment.ifname.clone(),
-            ),
-        };
-        let ips: Vec<_> = added
-            .addresses_of(&attachment.ifname)
-            .iter()
-            .map(|n| n.addr())
-            .collect();
-        if ips.is_empty() {
-            return Err(CniError::new(
-                code::INVALID_NETWORK_CONFIG,
-                format!(
-                    "{label}: the delegate assigned no address; genie isolates endpoints by address, so every network needs IPAM"
-                ),
-                "",
-            ));
-        }
-        Ok(EndpointRequest {
-            pod: record.pod.clone(),
-            namespace: record.namespace.clone(),
-            network: attachment.network.clone(),
-            interface: attachment.ifname.clone(),
-            host_interface: interface,
-            netns,
-            side,
-            pod_netns: Some(pod_netns),
-            ips,
-            mac: added
-                .container_interface(&attachment.ifname)
-                .and_then(|i| i.mac.clone()),
-            bandwidth: attachment.bandwidth,
-        })
     }
 
     fn invocation(&self, record: &CachedContainer, ifname: &str) -> Invocation {
@@ -433,12 +409,17 @@ impl CniHandler {
         self.cache.remove(&record.container_id).map_err(io_error)
     }
 
-    fn del(&self, agent: &Mutex<Agent>, env: &Env) -> Result<(), CniError> {
+    fn del(&self, agent: &Mutex<Agent>, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let container_id = env.container_id.clone().unwrap_or_default();
         let _guard = self.locks.lock(&container_id);
-        let Some(mut record) = self.cache.load(&container_id).map_err(io_error)? else {
-            // Never added, or already deleted: DEL must succeed (CNI spec, DEL).
-            return Ok(());
+        let mut record = match self.cache.load(&container_id).map_err(io_error)? {
+            Some(record) => record,
+            // The cache entry is lost, but the registry knows the container's endpoints.
+            None => match self.rebuild_from_registry(agent, env, conf) {
+                Some(record) => record,
+                // Never added, or already deleted: DEL must succeed (CNI spec, DEL).
+                None => return Ok(()),
+            },
         };
         if let Some(netns) = &env.netns {
             record.netns = Some(netns.clone());
@@ -446,6 +427,104 @@ impl CniHandler {
         self.teardown(agent, &mut record)?;
         info!(container = %container_id, "pod detached");
         Ok(())
+    }
+
+    /// A container's record rebuilt from the endpoints the registry holds for it, with each
+    /// network's delegate as the current configuration has it, so DEL releases the endpoints,
+    /// their links and (through the delegate's DEL) their addresses when the cache entry is
+    /// lost. `None` when the registry knows no endpoint of the container.
+    fn rebuild_from_registry(
+        &self,
+        agent: &Mutex<Agent>,
+        env: &Env,
+        conf: &NetConf,
+    ) -> Option<CachedContainer> {
+        let container_id = env.container_id.clone().unwrap_or_default();
+        let runtime_ifname = env.ifname.clone().unwrap_or_default();
+        let (endpoints, delegates): (Vec<_>, Vec<_>) = {
+            let agent = lock(agent);
+            let endpoints = agent.endpoints_of_container(&container_id);
+            let delegates = endpoints
+                .iter()
+                .map(|e| agent.network_delegate(&e.request.network, &e.request.interface))
+                .collect();
+            (endpoints, delegates)
+        };
+        let first = endpoints.first()?;
+        warn!(container = %container_id, endpoints = endpoints.len(), "DEL without an attachment cache entry: tearing down what the registry knows");
+        let mut record = CachedContainer {
+            container_id: container_id.clone(),
+            network_name: conf.name.clone(),
+            ifname: runtime_ifname.clone(),
+            namespace: first.request.namespace.clone(),
+            pod: first.request.pod.clone(),
+            netns: env
+                .netns
+                .clone()
+                .or_else(|| first.request.pod_netns.clone()),
+            cni_path: env.path.clone(),
+            args: env.args.clone(),
+            attachments: Vec::new(),
+            adding: false,
+        };
+        for (endpoint, planned) in endpoints.iter().zip(delegates) {
+            let prepared = planned
+                .ok_or_else(|| "its network is no longer configured".to_owned())
+                .and_then(|planned| {
+                    self.prepare(env, conf, &planned, &runtime_ifname, None)
+                        .map_err(|e| e.msg)
+                });
+            let (plugin, config) = match prepared {
+                Ok(prepared) => (prepared.plugin, prepared.config),
+                Err(e) => {
+                    // Without a delegate the address cannot be released; the endpoint still is.
+                    warn!(container = %container_id, endpoint = endpoint.id, error = %e, "no delegate for the DEL of an uncached attachment");
+                    (PathBuf::new(), Value::Null)
+                }
+            };
+            record.attachments.push(CachedAttachment {
+                network: endpoint.request.network.clone(),
+                ifname: endpoint.request.interface.clone(),
+                plugin,
+                config,
+                result: Value::Null,
+                endpoint: Some(endpoint.id),
+                bandwidth: endpoint.request.bandwidth,
+            });
+        }
+        Some(record)
+    }
+
+    /// Tears down cached containers no runtime will DEL: those whose ADD the agent died in
+    /// (still `adding`; nothing else holds their lock) and those whose network namespace is
+    /// gone (a DEL lost while the agent was down — podman, for one, does not retry DEL and has
+    /// no CNI GC). Delegates get DEL with the cached result, so addresses are released.
+    /// Returns the containers torn down.
+    pub fn sweep(&self, agent: &Mutex<Agent>) -> Vec<String> {
+        let mut swept = Vec::new();
+        for container_id in self.cache.container_ids().unwrap_or_default() {
+            let _guard = self.locks.lock(&container_id);
+            let Ok(Some(mut record)) = self.cache.load(&container_id) else {
+                continue;
+            };
+            let netns_gone = record.netns.as_ref().is_some_and(|p| !p.exists());
+            if !record.adding && !netns_gone {
+                continue;
+            }
+            let why = if record.adding {
+                "its ADD never finished"
+            } else {
+                "its network namespace is gone"
+            };
+            info!(container = %container_id, reason = why, "sweeping a stale attachment");
+            match self.teardown(agent, &mut record) {
+                Ok(()) => swept.push(container_id),
+                Err(e) => {
+                    warn!(container = %container_id, error = %e, "sweeping a stale attachment failed; retried later")
+                }
+            }
+        }
+        swept
     }
 
     fn check(&self, agent: &Mutex<Agent>, env: &Env) -> Result<(), CniError> {

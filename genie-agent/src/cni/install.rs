@@ -141,15 +141,10 @@ fn primary_network(conf_dir: &Path) -> Result<(PathBuf, Value), InstallError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let write_err = |source| InstallError::Write {
+    crate::statefile::write_atomically(path, bytes, mode).map_err(|source| InstallError::Write {
         path: path.to_owned(),
         source,
-    };
-    let staged = path.with_extension("genie-tmp");
-    fs::write(&staged, bytes).map_err(write_err)?;
-    fs::set_permissions(&staged, fs::Permissions::from_mode(mode)).map_err(write_err)?;
-    fs::rename(&staged, path).map_err(write_err)
+    })
 }
 
 #[cfg(test)]

@@ -10,3 +10,9 @@ pub mod install;
 pub mod result;
 pub mod shim;
 pub mod spec;
+
+/// Where the host-local leases of genie's networks live: one directory per network under the
+/// agent's state directory.
+pub fn ipam_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("ipam")
+}

@@ -3,7 +3,7 @@
 //! agent cannot be reached ADD fails with code 11 (try again later), so a pod never starts with
 //! only some of its networks or without isolation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -62,6 +62,7 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     let command = env.command;
+    let netns = env.netns.clone();
     let request = Request::Cni { env, config };
     match api::call(&socket, &request, CNI_TIMEOUT) {
         Ok(response) => match (response.cni_error, response.cni_result) {
@@ -69,6 +70,15 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             (None, result) => Outcome::success(result.as_ref()),
         },
         Err(e) => {
+            if command == Command::Add
+                && !matches!(e, ClientError::Unreachable { .. })
+                && let Some(netns) = &netns
+            {
+                // The agent died (or hung) in the middle of this ADD: a delegate may have made
+                // an interface genie never put its programs on. Down, it carries nothing until
+                // the runtime's DEL or the restarted agent's sweep removes it.
+                fence_interfaces(netns);
+            }
             // STATUS reports "not available"; everything else asks the runtime to retry.
             let error_code = if command == Command::Status {
                 code::PLUGIN_NOT_AVAILABLE
@@ -81,5 +91,44 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             };
             Outcome::failure(&CniError::new(error_code, msg, e.to_string()).in_version(&version))
         }
+    }
+}
+
+/// Sets every interface but loopback in the network namespace at `netns` down (best effort).
+fn fence_interfaces(netns: &Path) {
+    let _ = crate::netns::run_in(netns, || {
+        let Ok(names) = nix::net::if_::if_nameindex() else {
+            return;
+        };
+        for name in names.iter() {
+            let name = name.name();
+            if name.to_bytes() != b"lo" {
+                set_down(name);
+            }
+        }
+    });
+}
+
+/// `SIOCGIFFLAGS` then `SIOCSIFFLAGS` without `IFF_UP` (netdevice(7)).
+fn set_down(name: &std::ffi::CStr) {
+    // SAFETY: a plain datagram socket, closed below; `ifreq` is plain data, zeroed, its name
+    // copied with a terminating NUL within IFNAMSIZ; both ioctls read and write only `ifreq`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        let bytes = name.to_bytes();
+        if bytes.len() < libc::IFNAMSIZ {
+            for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+                *dst = *src as libc::c_char;
+            }
+            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) == 0 {
+                request.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+                libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+            }
+        }
+        libc::close(fd);
     }
 }

@@ -250,8 +250,16 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
 
     // Endpoints that still have a valid identity.
     for ep in endpoints {
-        let Ok(identity) = model.identity_for(&ep.request.namespace, &ep.request.network) else {
-            continue;
+        let identity = match ep.recovered {
+            // Enforced as it was found, while its identity still exists.
+            Some(recovered) if state.identities.contains_key(&recovered.identity) => {
+                recovered.identity
+            }
+            Some(_) => continue,
+            None => match model.identity_for(&ep.request.namespace, &ep.request.network) {
+                Ok(identity) => identity,
+                Err(_) => continue,
+            },
         };
         let limits = endpoint_buckets(model, ep, identity, &mut state.buckets);
         state.endpoints.insert(

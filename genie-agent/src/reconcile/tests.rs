@@ -51,6 +51,7 @@ fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
         id,
         ifindex: 100 + id,
         pod_key: 0,
+        recovered: None,
         request: EndpointRequest {
             pod: format!("pod{id}"),
             namespace: "red".to_owned(),
@@ -63,6 +64,7 @@ fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
             ips: vec![ip.parse().unwrap()],
             mac: Some("02:00:00:00:00:01".to_owned()),
             bandwidth: None,
+            container_id: None,
         },
     }
 }

@@ -1,0 +1,447 @@
+//! Fail closed, lose nothing: what the agent does when its state is lost or its process dies at
+//! the wrong moment — a deleted state directory or registry, an agent killed in the middle of
+//! ADD, a DEL without a cache entry or lost while the agent was down, a permissive umask,
+//! SIGTERM, and ADDs racing for the last quota — observed as a runtime and the pods see it.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use genie_tests::{
+    TestNode, Topology,
+    cni::{
+        DEBIAN_CNI_PATH, Runtime, Sandbox, default_network, files_under, footprint, link_names,
+        result_ipv4,
+    },
+    node::genie_binary,
+    topology::Netns,
+    traffic::{NodeAt, tcp_echo},
+};
+use serde_json::{Value, json};
+
+const OBJECTS: &str = r#"
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: red}
+spec: {namespaces: [red]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: blue}
+spec: {namespaces: [blue]}
+---
+apiVersion: genie.dev/v1alpha1
+kind: Tenant
+metadata: {name: green}
+spec:
+  namespaces: [green]
+  quota: {endpoints: 2}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-a}
+spec:
+  tenant: red
+  subnet: 198.18.10.0/24
+  plugin: {type: bridge, bridge: gbr-a, isGateway: true}
+---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: green-a}
+spec:
+  tenant: green
+  subnet: 198.18.12.0/24
+  plugin: {type: bridge, bridge: gbr-g, isGateway: true}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: a
+  namespace: red
+  annotations: {genie.dev/networks: "red-a"}
+"#;
+
+/// The default network's subnet and its gateway, the node's address on it.
+const DEFAULT_SUBNET: &str = "198.18.20.0/24";
+const GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 20, 1);
+
+/// Green pods `g1` … `g6`, each asking for `green-a` (two interfaces with eth0).
+fn green_pods() -> String {
+    (1..=6)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: g{i}\n  namespace: green\n  annotations: {{genie.dev/networks: green-a}}\n"
+            )
+        })
+        .collect()
+}
+
+struct Cluster {
+    node: TestNode,
+    runtime: Runtime,
+}
+
+/// A pod added through genie-cni: its namespace, sandbox and eth0 address.
+struct AddedPod {
+    netns: Netns,
+    sandbox: Sandbox,
+    ipv4: std::net::Ipv4Addr,
+}
+
+impl AddedPod {
+    fn at(&self) -> NodeAt<'_> {
+        NodeAt {
+            netns: &self.netns,
+            ipv4: self.ipv4,
+        }
+    }
+}
+
+impl Cluster {
+    fn new(node: TestNode) -> Self {
+        node.write_objects(&format!("{OBJECTS}{}", green_pods()))
+            .unwrap();
+        node.spawn_agent().unwrap();
+        let runtime = Runtime::new(&node, default_network(DEFAULT_SUBNET));
+        Self { node, runtime }
+    }
+
+    fn start() -> Self {
+        Self::new(TestNode::new(Topology::new().unwrap(), OBJECTS).unwrap())
+    }
+
+    fn netns(&self, label: &str) -> Netns {
+        Netns::create(format!("{}-{label}", self.node.topo.base()), false).unwrap()
+    }
+
+    fn add(&self, id: &str, namespace: &str, pod: &str) -> AddedPod {
+        let netns = self.netns(pod);
+        let sandbox = Sandbox::new(id, namespace, pod, &netns.path());
+        let result = self
+            .runtime
+            .call("ADD", &sandbox)
+            .unwrap()
+            .expect_ok(&format!("ADD {pod}"));
+        AddedPod {
+            ipv4: result_ipv4(&result).expect("an IPv4 address on eth0"),
+            netns,
+            sandbox,
+        }
+    }
+
+    fn gateway(&self) -> NodeAt<'_> {
+        NodeAt {
+            netns: self.node.topo.node(),
+            ipv4: GATEWAY,
+        }
+    }
+
+    fn genie(&self, args: &[&str]) -> std::process::Output {
+        Command::new(genie_binary())
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.node.state_dir())
+            .arg("--bpffs")
+            .arg(self.node.bpffs())
+            .output()
+            .unwrap()
+    }
+
+    fn inspected_endpoints(&self) -> Vec<Value> {
+        let out = self.genie(&["inspect", "endpoints", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    }
+}
+
+/// Red's `a` and `a2` share a tenant; blue's `b` does not; no pod may reach the node.
+fn assert_isolated(c: &Cluster, a: &AddedPod, a2: &AddedPod, b: &AddedPod, port: u16, when: &str) {
+    assert!(
+        !tcp_echo(&b.at(), &a.at(), port).unwrap(),
+        "{when}: blue reached red"
+    );
+    assert!(
+        tcp_echo(&a2.at(), &a.at(), port + 1).unwrap(),
+        "{when}: red no longer reaches red"
+    );
+    assert!(
+        !tcp_echo(&a.at(), &c.gateway(), port + 2).unwrap(),
+        "{when}: a pod reached the node"
+    );
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn losing_the_state_directory_keeps_every_pod_isolated() {
+    let c = Cluster::start();
+    let a = c.add("c0a", "red", "a");
+    let a2 = c.add("c0a2", "red", "a2");
+    let b = c.add("c0b", "blue", "b");
+    assert_isolated(&c, &a, &a2, &b, 7100, "before");
+
+    c.node.kill_agent().unwrap();
+    fs::remove_dir_all(c.node.state_dir()).unwrap();
+    c.node.spawn_agent().unwrap();
+    assert_isolated(&c, &a, &a2, &b, 7110, "after the state directory was lost");
+    let endpoints = c.inspected_endpoints();
+    assert_eq!(endpoints.len(), 4, "a (eth0, eth1), a2, b: {endpoints:?}");
+
+    // A pod whose namespace goes is forgotten even though no DEL can name it any more.
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.inspected_endpoints().len() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "b's endpoint stayed: {:?}",
+            c.inspected_endpoints()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_isolated(
+        &c,
+        &a,
+        &a2,
+        &c.add("c1b", "blue", "b"),
+        7120,
+        "after b came back",
+    );
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn a_lost_registry_is_rebuilt_from_the_attachment_cache() {
+    let c = Cluster::start();
+    let before = footprint(&c.node);
+    let a = c.add("c0a", "red", "a");
+    let a2 = c.add("c0a2", "red", "a2");
+    let b = c.add("c0b", "blue", "b");
+    c.node.kill_agent().unwrap();
+    fs::remove_file(c.node.state_dir().join("endpoints.json")).unwrap();
+    c.node.spawn_agent().unwrap();
+    assert_isolated(&c, &a, &a2, &b, 7200, "after the registry was lost");
+    let mut pods: Vec<String> = c
+        .inspected_endpoints()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["pod"].as_str().unwrap(),
+                e["interface"].as_str().unwrap()
+            )
+        })
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["a/eth0", "a/eth1", "a2/eth0", "b/eth0"]);
+    for pod in [&a, &a2, &b] {
+        c.runtime
+            .call("DEL", &pod.sandbox)
+            .unwrap()
+            .expect_ok("DEL");
+    }
+    assert_eq!(footprint(&c.node), before);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn del_without_the_cache_entry_releases_everything_the_registry_knows() {
+    let c = Cluster::start();
+    let before = footprint(&c.node);
+    let a = c.add("c0a", "red", "a");
+    fs::remove_file(c.node.state_dir().join("cni/c0a.json")).unwrap();
+    c.runtime.call("DEL", &a.sandbox).unwrap().expect_ok("DEL");
+    assert_eq!(footprint(&c.node), before);
+    assert_eq!(link_names(&a.netns), ["lo"]);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn a_del_lost_while_the_agent_was_down_is_swept_at_start() {
+    let c = Cluster::start();
+    let before = footprint(&c.node);
+    let b = c.add("c0b", "blue", "b");
+    c.node.kill_agent().unwrap();
+    // The runtime removes the sandbox; its DEL finds no agent and is never retried.
+    let del = c.runtime.call("DEL", &b.sandbox).unwrap();
+    assert_eq!(del.error_code(), Some(11), "{}", del.raw);
+    drop(b);
+    c.node.spawn_agent().unwrap();
+    assert_eq!(footprint(&c.node), before);
+    let listed = c.genie(&["inspect", "attachments", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&listed.stdout).unwrap(),
+        json!([])
+    );
+}
+
+/// A delegate that behaves like Debian's bridge plugin but takes its time after creating the
+/// interface, so the agent can be killed while an unprotected interface exists.
+fn slow_bridge(dir: &Path) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let plugin = dir.join("slow-bridge");
+    fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\nout=$({DEBIAN_CNI_PATH}/bridge)\nrc=$?\n[ \"$CNI_COMMAND\" = ADD ] && /bin/sleep 4\nprintf '%s' \"$out\"\nexit $rc\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&plugin, fs::Permissions::from_mode(0o755)).unwrap();
+    dir.to_owned()
+}
+
+/// The IPv4 address of `ifname` in `ns`, once it has one.
+fn address_of(ns: &Netns, ifname: &str) -> Option<std::net::Ipv4Addr> {
+    let out = ns.ip(&["-o", "-4", "addr", "show", "dev", ifname]).ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (_, rest) = text.split_once("inet ")?;
+    rest.split('/').next()?.parse().ok()
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
+    let c = Cluster::start();
+    let mut runtime = c.runtime.clone();
+    let mut slow = default_network(DEFAULT_SUBNET);
+    slow["type"] = json!("slow-bridge");
+    runtime.config["defaultNetwork"] = slow;
+    runtime.cni_path = vec![
+        slow_bridge(&c.node.dir().join("plugins")),
+        PathBuf::from(DEBIAN_CNI_PATH),
+    ];
+    let before = footprint(&c.node);
+    let ns = c.netns("victim");
+    let sandbox = Sandbox::new("c0v", "blue", "victim", &ns.path());
+    let add = thread::scope(|scope| {
+        let add = scope.spawn(|| runtime.call("ADD", &sandbox).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while address_of(&ns, "eth0").is_none() {
+            assert!(Instant::now() < deadline, "the delegate never made eth0");
+            thread::sleep(Duration::from_millis(20));
+        }
+        c.node.kill_agent().unwrap();
+        add.join().unwrap()
+    });
+    assert_eq!(add.error_code(), Some(11), "{}", add.raw);
+    let victim = NodeAt {
+        netns: &ns,
+        ipv4: address_of(&ns, "eth0").unwrap(),
+    };
+    assert!(
+        !tcp_echo(&victim, &c.gateway(), 7300).unwrap(),
+        "the interface the dead ADD left reached the node"
+    );
+    // The restarted agent removes what the dead ADD made.
+    c.node.spawn_agent().unwrap();
+    assert_eq!(link_names(&ns), ["lo"]);
+    assert_eq!(footprint(&c.node), before);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn state_files_are_private_whatever_the_umask() {
+    let node = TestNode::new(Topology::new().unwrap(), OBJECTS)
+        .unwrap()
+        .with_agent_umask(0);
+    let c = Cluster::new(node);
+    let _a = c.add("c0a", "red", "a");
+    let state = c.node.state_dir();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for dir in [state.clone(), state.join("cni"), state.join("ipam")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    let files = files_under(&state);
+    assert!(files.len() >= 3, "registry, cache entry, leases: {files:?}");
+    for file in &files {
+        assert_eq!(
+            mode(file) & 0o077,
+            0,
+            "{} is open to others",
+            file.display()
+        );
+    }
+    assert_eq!(mode(&c.node.socket()), 0o600);
+    // Another local user learns nothing about the pods.
+    let as_nobody = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(genie_binary())
+            .args(["inspect", "attachments", "--state-dir"])
+            .arg(&state)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert!(!as_nobody.status.success(), "{as_nobody:?}");
+    let stdout = String::from_utf8_lossy(&as_nobody.stdout);
+    assert!(!stdout.contains("red"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&as_nobody.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn sigterm_stops_cleanly_and_enforcement_stays() {
+    let c = Cluster::start();
+    let a = c.add("c0a", "red", "a");
+    let a2 = c.add("c0a2", "red", "a2");
+    let b = c.add("c0b", "blue", "b");
+    let status = c.node.terminate_agent().unwrap();
+    assert!(status.success(), "{status:?}: {}", c.node.agent_log());
+    assert!(!c.node.socket().exists(), "the socket stayed");
+    assert_isolated(&c, &a, &a2, &b, 7400, "with the agent stopped");
+    let add = c
+        .runtime
+        .call(
+            "ADD",
+            &Sandbox::new("c0x", "red", "x", &c.netns("x").path()),
+        )
+        .unwrap();
+    assert_eq!(add.error_code(), Some(11), "{}", add.raw);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn concurrent_adds_share_the_last_quota_exactly() {
+    let c = Cluster::start();
+    let namespaces: Vec<Netns> = (1..=6).map(|i| c.netns(&format!("g{i}"))).collect();
+    for round in 0..3 {
+        let sandboxes: Vec<Sandbox> = (1..=6)
+            .map(|i| {
+                Sandbox::new(
+                    &format!("r{round}g{i}"),
+                    "green",
+                    &format!("g{i}"),
+                    &namespaces[i - 1].path(),
+                )
+            })
+            .collect();
+        let outcomes: Vec<_> = thread::scope(|scope| {
+            let handles: Vec<_> = sandboxes
+                .iter()
+                .map(|s| scope.spawn(|| c.runtime.call("ADD", s).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let codes: Vec<Option<u64>> = outcomes.iter().map(|o| o.error_code()).collect();
+        assert_eq!(
+            codes.iter().filter(|c| c.is_none()).count(),
+            1,
+            "round {round}: exactly one two-interface pod fits a quota of 2: {codes:?}"
+        );
+        assert_eq!(
+            codes.iter().filter(|c| **c == Some(103)).count(),
+            5,
+            "round {round}: {codes:?}"
+        );
+        for s in &sandboxes {
+            c.runtime.call("DEL", s).unwrap().expect_ok("DEL");
+        }
+    }
+}
