@@ -635,3 +635,50 @@ fn genie_links() -> Vec<u64> {
         .filter_map(|l| l["id"].as_u64())
         .collect()
 }
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn a_tenant_cannot_open_a_path_into_another_tenant_alone() {
+    let node = six_pods();
+    let (ba1, ra1) = (node.topo.pod("ba1"), node.topo.pod("ra1"));
+    let status = || node.call(&Request::Status).unwrap().status.unwrap();
+    let _server = traffic::EchoServer::start(ra1, 8080).unwrap();
+    let _other = traffic::EchoServer::start(ra1, 8081).unwrap();
+    // Blue edits only its own network: refused, and nothing opens.
+    let blue_peers = OBJECTS.replace(
+        "metadata: {name: blue-a}\nspec: {tenant: blue, subnet: 198.18.3.0/24}",
+        "metadata: {name: blue-a}\nspec:\n  tenant: blue\n  subnet: 198.18.3.0/24\n  isolation: {peers: [{network: red-a, ports: [{protocol: TCP, port: 8080, endPort: 8081}]}]}",
+    );
+    node.write_objects(&blue_peers).unwrap();
+    node.wait_for("the agent to reject blue's peer rule", || {
+        status().config_error.is_some()
+    })
+    .unwrap();
+    let error = status().config_error.unwrap();
+    assert!(
+        error.contains("spec.isolation.peers[0].network") && error.contains("allowFrom"),
+        "{error}"
+    );
+    assert!(!traffic::tcp_connect_echo(ba1, ra1.ipv4, 8080).unwrap());
+    // Red consents to port 8080 only: exactly that opens.
+    let before = status().policy_epoch;
+    node.write_objects(&blue_peers.replace(
+        "    peers: [{network: red-b, ports: [{protocol: TCP, port: 8080}]}]",
+        "    peers: [{network: red-b, ports: [{protocol: TCP, port: 8080}]}]\n    allowFrom: [{tenant: blue, network: blue-a, ports: [{protocol: TCP, port: 8080}]}]",
+    ))
+    .unwrap();
+    node.wait_for("the agent to apply the consent", || {
+        let s = status();
+        s.config_error.is_none() && s.policy_epoch != before
+    })
+    .unwrap();
+    assert!(traffic::tcp_connect_echo(ba1, ra1.ipv4, 8080).unwrap());
+    assert!(
+        !traffic::tcp_connect_echo(ba1, ra1.ipv4, 8081).unwrap(),
+        "blue asked for 8081 too, but red allowed only 8080"
+    );
+    assert!(
+        !traffic::tcp_connect_echo(node.topo.pod("bb1"), ra1.ipv4, 8080).unwrap(),
+        "red let in blue-a, not blue-b"
+    );
+}

@@ -89,6 +89,18 @@ pub struct ValidIsolation {
     pub allow_external: bool,
     pub allow_external_ingress: bool,
     pub peers: Vec<ValidPeer>,
+    /// Other tenants' networks that may come in (the owner's consent).
+    pub allow_from: Vec<ValidAllowFrom>,
+}
+
+/// A validated `allowFrom` entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ValidAllowFrom {
+    pub tenant: String,
+    /// A network of `tenant`, `default`, or `None` for any.
+    pub network: Option<String>,
+    /// Empty: everything.
+    pub rules: Vec<ValidPortRule>,
 }
 
 /// A validated `LogicalNetwork`.
@@ -462,6 +474,17 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
         }
     };
 
+    // Who owns each logical network and whom it lets in: peers across tenants are checked
+    // against it (DESIGN.md §3, the owner's consent).
+    let owners: BTreeMap<&str, (&str, &Isolation)> = logical_specs
+        .iter()
+        .map(|(r, s)| (r.meta.name.as_str(), (s.tenant.as_str(), &s.isolation)))
+        .collect();
+    let tenant_names: BTreeSet<&str> = tenant_specs
+        .iter()
+        .map(|(r, _)| r.meta.name.as_str())
+        .collect();
+
     for (raw, spec) in &tenant_specs {
         let err = |field: &str, message: String| ConfigError {
             file: raw.file.clone(),
@@ -494,6 +517,29 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                 continue;
             }
         };
+        if !default_isolation.allow_from.is_empty() {
+            errors.push(err(
+                "spec.defaultIsolation.allowFrom",
+                "the default network cannot be a peer, so nothing can be allowed into it"
+                    .to_owned(),
+            ));
+        }
+        for (i, peer) in default_isolation.peers.iter().enumerate() {
+            let field = format!("spec.defaultIsolation.peers[{i}].network");
+            match owners.get(peer.network.as_str()) {
+                None => errors.push(err(
+                    &field,
+                    format!("logical network {:?} does not exist", peer.network),
+                )),
+                Some(owner) => {
+                    if let Some(m) =
+                        missing_consent(&raw.meta.name, DEFAULT_NETWORK, &peer.network, *owner)
+                    {
+                        errors.push(err(&field, m));
+                    }
+                }
+            }
+        }
         let identity = network_identity(format!("default/{}", raw.meta.name).as_bytes());
         claim_identity(
             identity,
@@ -610,10 +656,44 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             }
         };
         for (i, peer) in isolation.peers.iter().enumerate() {
+            let field = format!("spec.isolation.peers[{i}].network");
             if !logical_names.contains(&peer.network) {
                 errors.push(err(
-                    &format!("spec.isolation.peers[{i}].network"),
+                    &field,
                     format!("logical network {:?} does not exist", peer.network),
+                ));
+            } else if let Some(owner) = owners.get(peer.network.as_str())
+                && let Some(m) = missing_consent(&spec.tenant, name, &peer.network, *owner)
+            {
+                errors.push(err(&field, m));
+            }
+        }
+        for (i, entry) in isolation.allow_from.iter().enumerate() {
+            let field = format!("spec.isolation.allowFrom[{i}]");
+            if entry.tenant == spec.tenant {
+                errors.push(err(
+                    &format!("{field}.tenant"),
+                    format!(
+                        "{:?} owns this network: its own networks need only list it in their peers",
+                        entry.tenant
+                    ),
+                ));
+            } else if !tenant_names.contains(entry.tenant.as_str()) {
+                errors.push(err(
+                    &format!("{field}.tenant"),
+                    format!("tenant {:?} does not exist", entry.tenant),
+                ));
+            }
+            if let Some(network) = &entry.network
+                && network != DEFAULT_NETWORK
+                && owners.get(network.as_str()).map(|o| o.0) != Some(entry.tenant.as_str())
+            {
+                errors.push(err(
+                    &format!("{field}.network"),
+                    format!(
+                        "tenant {:?} has no logical network {network:?} (name one of its networks, `default`, or leave it out for all)",
+                        entry.tenant
+                    ),
                 ));
             }
         }
@@ -661,10 +741,157 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
             });
         }
     }
+    // Across tenants a peer rule is cut to what the owner allows; the result must still fit
+    // the policy map's port ranges.
+    let sources = model
+        .logical
+        .values()
+        .map(|n| {
+            (
+                &n.tenant,
+                n.name.as_str(),
+                &n.isolation,
+                "LogicalNetwork",
+                &n.file,
+                &n.name,
+                "spec.isolation",
+            )
+        })
+        .chain(model.tenants.values().map(|t| {
+            (
+                &t.name,
+                DEFAULT_NETWORK,
+                &t.default_isolation,
+                "Tenant",
+                &t.file,
+                &t.name,
+                "spec.defaultIsolation",
+            )
+        }));
+    for (tenant, network, isolation, kind, file, name, prefix) in sources {
+        for (i, peer) in isolation.peers.iter().enumerate() {
+            let Some(rules) = model.peer_rules(tenant, network, peer) else {
+                continue;
+            };
+            for protocol in [proto::TCP, proto::UDP, proto::SCTP] {
+                let n = rules.iter().filter(|r| r.protocol == protocol).count();
+                if n > MAX_PORT_RANGES {
+                    errors.push(ConfigError {
+                        file: file.clone(),
+                        kind: kind.to_owned(),
+                        name: name.clone(),
+                        field: format!("{prefix}.peers[{i}].ports"),
+                        message: format!(
+                            "with what {:?} allows in, this peer rule needs {n} port ranges; at most {MAX_PORT_RANGES} per protocol",
+                            peer.network
+                        ),
+                    });
+                }
+            }
+        }
+    }
     if errors.is_empty() {
         Ok(model)
     } else {
         Err(ModelError::Invalid(errors))
+    }
+}
+
+/// Why `src_tenant`'s network `src_network` may not list `peer` (owned by `owner`) in its
+/// peers: across tenants the owner must consent in its `allowFrom`. `None` when it may.
+fn missing_consent(
+    src_tenant: &str,
+    src_network: &str,
+    peer: &str,
+    owner: (&str, &Isolation),
+) -> Option<String> {
+    let (owner_tenant, owner_isolation) = owner;
+    if owner_tenant == src_tenant {
+        return None;
+    }
+    let consents = owner_isolation
+        .allow_from
+        .iter()
+        .any(|a| a.tenant == src_tenant && a.network.as_deref().is_none_or(|n| n == src_network));
+    (!consents).then(|| {
+        format!(
+            "logical network {peer:?} belongs to tenant {owner_tenant:?}, which has not allowed this network in: its owner must add {{tenant: {src_tenant}, network: {src_network}}} to its spec.isolation.allowFrom"
+        )
+    })
+}
+
+/// The port rules two sides both allow (empty lists allow everything); `None` when they share
+/// nothing. Overlapping and adjacent ranges are merged.
+pub fn intersect_rules(a: &[ValidPortRule], b: &[ValidPortRule]) -> Option<Vec<ValidPortRule>> {
+    if a.is_empty() {
+        return Some(b.to_vec());
+    }
+    if b.is_empty() {
+        return Some(a.to_vec());
+    }
+    let mut out: Vec<ValidPortRule> = Vec::new();
+    for x in a {
+        for y in b.iter().filter(|y| y.protocol == x.protocol) {
+            let ports = match (x.ports, y.ports) {
+                (None, p) | (p, None) => p,
+                (Some((a1, a2)), Some((b1, b2))) => {
+                    let (lo, hi) = (a1.max(b1), a2.min(b2));
+                    if lo > hi {
+                        continue;
+                    }
+                    Some((lo, hi))
+                }
+            };
+            out.push(ValidPortRule {
+                protocol: x.protocol,
+                ports,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    let mut merged: Vec<ValidPortRule> = Vec::new();
+    for rule in out {
+        match (merged.last_mut(), rule.ports) {
+            // A protocol with every port swallows its ranges (sorted after `None`).
+            (Some(last), _) if last.protocol == rule.protocol && last.ports.is_none() => {}
+            (Some(last), Some((lo, hi)))
+                if last.protocol == rule.protocol
+                    && last
+                        .ports
+                        .is_some_and(|(_, h)| u32::from(lo) <= u32::from(h) + 1) =>
+            {
+                let (l, h) = last.ports.unwrap_or_default();
+                last.ports = Some((l, h.max(hi)));
+            }
+            _ => merged.push(rule),
+        }
+    }
+    (!merged.is_empty()).then_some(merged)
+}
+
+impl Model {
+    /// The rules under which endpoints of `src_tenant`'s network `src_network` may open flows
+    /// to `peer.network`: the peer's own within one tenant; across tenants what both the peer
+    /// rule and the owner's `allowFrom` allow. `None` when nothing is allowed.
+    pub fn peer_rules(
+        &self,
+        src_tenant: &str,
+        src_network: &str,
+        peer: &ValidPeer,
+    ) -> Option<Vec<ValidPortRule>> {
+        let target = self.logical.get(&peer.network)?;
+        if target.tenant == src_tenant {
+            return Some(peer.rules.clone());
+        }
+        target
+            .isolation
+            .allow_from
+            .iter()
+            .filter(|a| {
+                a.tenant == src_tenant && a.network.as_deref().is_none_or(|n| n == src_network)
+            })
+            .find_map(|a| intersect_rules(&peer.rules, &a.rules))
     }
 }
 
@@ -733,6 +960,27 @@ fn validate_isolation(
             rules,
         });
     }
+    let mut allow_from = Vec::new();
+    for (i, entry) in isolation.allow_from.iter().enumerate() {
+        if let Err(m) = check_name(&entry.tenant) {
+            errors.push(err(&format!("{prefix}.allowFrom[{i}].tenant"), m));
+        }
+        let mut rules = Vec::new();
+        for (j, rule) in entry.ports.iter().enumerate() {
+            match validate_port_rule(rule) {
+                Ok(r) => rules.push(r),
+                Err((field, m)) => errors.push(err(
+                    &format!("{prefix}.allowFrom[{i}].ports[{j}]{field}"),
+                    m,
+                )),
+            }
+        }
+        allow_from.push(ValidAllowFrom {
+            tenant: entry.tenant.clone(),
+            network: entry.network.clone(),
+            rules,
+        });
+    }
     if errors.is_empty() {
         Ok(ValidIsolation {
             allow_host_access: isolation.allow_host_access,
@@ -740,6 +988,7 @@ fn validate_isolation(
             allow_external: isolation.allow_external,
             allow_external_ingress: isolation.allow_external_ingress,
             peers,
+            allow_from,
         })
     } else {
         Err(errors)

@@ -144,9 +144,15 @@ pub struct Isolation {
     /// Addresses outside every known network may open flows to endpoints.
     #[serde(default)]
     pub allow_external_ingress: bool,
-    /// One-way allows to other logical networks.
+    /// One-way allows to other logical networks. A network of another tenant must consent
+    /// in its `allowFrom`.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Networks of other tenants whose `peers` may open flows into this network (the owner's
+    /// consent, DESIGN.md §3); optionally only on some ports. A `LogicalNetwork` only: the
+    /// default network cannot be a peer.
+    #[serde(default)]
+    pub allow_from: Vec<AllowFrom>,
 }
 
 impl Default for Isolation {
@@ -157,8 +163,27 @@ impl Default for Isolation {
             allow_external: true,
             allow_external_ingress: false,
             peers: Vec::new(),
+            allow_from: Vec::new(),
         }
     }
+}
+
+/// "Endpoints of `tenant`'s `network` may open flows into this network when they list it in
+/// their `peers`", on the ports both sides allow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowFrom {
+    /// The other tenant.
+    #[schemars(regex(pattern = DNS_LABEL))]
+    pub tenant: String,
+    /// One of its LogicalNetworks, or `default` for its share of the default network; absent:
+    /// any of its networks.
+    #[serde(default)]
+    #[schemars(regex(pattern = DNS_LABEL))]
+    pub network: Option<String>,
+    /// Empty: every protocol and port the peer asks for.
+    #[serde(default)]
+    pub ports: Vec<PortRule>,
 }
 
 fn default_true() -> bool {
@@ -169,7 +194,8 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
-    /// A LogicalNetwork of the same tenant.
+    /// A LogicalNetwork (of another tenant only where that network's `allowFrom` names this
+    /// one).
     #[schemars(regex(pattern = DNS_LABEL))]
     pub network: String,
     /// Empty: every protocol and port.

@@ -309,3 +309,122 @@ fn the_example_cni_configuration_is_valid() {
     assert_eq!(conf.plugin_type, "genie-cni");
     assert!(conf.default_network.is_some());
 }
+
+/// Blue's networks for the consent tests: `blue-web` peers into red's `red-db`.
+const BLUE_PEERS_INTO_RED: &str = "
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: blue-web}
+spec:
+  tenant: blue
+  subnet: 198.18.20.0/24
+  isolation:
+    peers: [{network: red-db, ports: [{protocol: TCP, port: 5000, endPort: 6000}, {protocol: UDP}]}]
+";
+
+#[test]
+fn a_peer_into_another_tenant_needs_the_owners_consent() {
+    // One side only: refused, saying what the owner must add.
+    let e = one_error(BLUE_PEERS_INTO_RED);
+    assert_eq!(
+        (e.kind.as_str(), e.name.as_str(), e.field.as_str()),
+        (
+            "LogicalNetwork",
+            "blue-web",
+            "spec.isolation.peers[0].network"
+        )
+    );
+    assert!(
+        e.message.contains("tenant \"red\"")
+            && e.message.contains("{tenant: blue, network: blue-web}")
+            && e.message.contains("allowFrom"),
+        "{e}"
+    );
+    // The same from blue's share of the default network.
+    let e = one_error(
+        "apiVersion: genie.dev/v1alpha1\nkind: Tenant\nmetadata: {name: green}\nspec:\n  defaultIsolation: {peers: [{network: red-db}]}\n",
+    );
+    assert_eq!(e.field, "spec.defaultIsolation.peers[0].network", "{e}");
+
+    // With consent: the ports both sides allow.
+    let consenting = VALID.replace(
+        "spec: {tenant: red, subnet: 198.18.11.0/24, subnet6: 2001:db8:11::/64}",
+        "spec:\n  tenant: red\n  subnet: 198.18.11.0/24\n  isolation:\n    allowFrom: [{tenant: blue, network: blue-web, ports: [{protocol: TCP, port: 5432}, {protocol: TCP, port: 5900, endPort: 7000}]}]",
+    );
+    let model = load(&format!("{consenting}---\n{BLUE_PEERS_INTO_RED}")).unwrap();
+    let peer = &model.logical["blue-web"].isolation.peers[0];
+    assert_eq!(
+        model.peer_rules("blue", "blue-web", peer),
+        Some(vec![
+            ValidPortRule {
+                protocol: proto::TCP,
+                ports: Some((5432, 5432))
+            },
+            ValidPortRule {
+                protocol: proto::TCP,
+                ports: Some((5900, 6000))
+            },
+        ]),
+        "UDP is not consented to"
+    );
+    // Consent for another network of blue does not count.
+    let elsewhere = consenting.replace("network: blue-web,", "network: default,");
+    let errors = load(&format!("{elsewhere}---\n{BLUE_PEERS_INTO_RED}")).unwrap_err();
+    assert_eq!(
+        errors[0].field, "spec.isolation.peers[0].network",
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn allow_from_names_tenants_and_networks_that_exist() {
+    let with = |allow: &str| {
+        one_error(&format!(
+            "apiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {{name: red-x}}\nspec:\n  tenant: red\n  subnet: 198.18.30.0/24\n  isolation: {{allowFrom: [{allow}]}}\n"
+        ))
+    };
+    let e = with("{tenant: nobody}");
+    assert_eq!(e.field, "spec.isolation.allowFrom[0].tenant", "{e}");
+    let e = with("{tenant: red}");
+    assert!(e.message.contains("owns this network"), "{e}");
+    let e = with("{tenant: blue, network: red-db}");
+    assert_eq!(e.field, "spec.isolation.allowFrom[0].network", "{e}");
+    let e = with("{tenant: blue, ports: [{protocol: TCP, port: 70000}]}");
+    assert_eq!(e.field, "spec.isolation.allowFrom[0].ports[0].port", "{e}");
+    let e = one_error(
+        "apiVersion: genie.dev/v1alpha1\nkind: Tenant\nmetadata: {name: green}\nspec:\n  defaultIsolation: {allowFrom: [{tenant: red}]}\n",
+    );
+    assert_eq!(e.field, "spec.defaultIsolation.allowFrom", "{e}");
+}
+
+#[test]
+fn port_rules_intersect_and_merge() {
+    let tcp = |lo, hi| ValidPortRule {
+        protocol: proto::TCP,
+        ports: Some((lo, hi)),
+    };
+    let all_udp = ValidPortRule {
+        protocol: proto::UDP,
+        ports: None,
+    };
+    assert_eq!(intersect_rules(&[], &[tcp(1, 2)]), Some(vec![tcp(1, 2)]));
+    assert_eq!(intersect_rules(&[tcp(1, 2)], &[]), Some(vec![tcp(1, 2)]));
+    assert_eq!(intersect_rules(&[tcp(1, 2)], &[all_udp]), None);
+    assert_eq!(
+        intersect_rules(
+            &[tcp(1, 100), all_udp],
+            &[tcp(50, 60), tcp(61, 70), tcp(90, 200), all_udp]
+        ),
+        Some(vec![tcp(50, 70), tcp(90, 100), all_udp])
+    );
+    assert_eq!(
+        intersect_rules(
+            &[ValidPortRule {
+                protocol: proto::TCP,
+                ports: None
+            }],
+            &[tcp(5, 6)]
+        ),
+        Some(vec![tcp(5, 6)])
+    );
+}

@@ -161,7 +161,8 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
     let mut state = DesiredState::default();
 
     // Identities: every logical network, every tenant's default network, the unowned default.
-    let mut identity_isolation: BTreeMap<u32, &ValidIsolation> = BTreeMap::new();
+    // (identity, tenant, network name, isolation) of every source of flows.
+    let mut sources: Vec<(u32, &str, &str, &ValidIsolation)> = Vec::new();
     for net in model.logical.values() {
         state.identities.insert(
             net.identity,
@@ -171,7 +172,7 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
                 network: name_bytes(&net.name),
             },
         );
-        identity_isolation.insert(net.identity, &net.isolation);
+        sources.push((net.identity, &net.tenant, &net.name, &net.isolation));
         for subnet in &net.subnets {
             let (prefix, addr) = cidr_key(*subnet);
             state.cidrs.insert(
@@ -191,7 +192,12 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
                 network: name_bytes(DEFAULT_NETWORK),
             },
         );
-        identity_isolation.insert(tenant.default_identity, &tenant.default_isolation);
+        sources.push((
+            tenant.default_identity,
+            &tenant.name,
+            DEFAULT_NETWORK,
+            &tenant.default_isolation,
+        ));
     }
     let unowned_isolation = ValidIsolation {
         allow_host_access: false,
@@ -199,6 +205,7 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
         allow_external: true,
         allow_external_ingress: false,
         peers: Vec::new(),
+        allow_from: Vec::new(),
     };
     state.identities.insert(
         unowned_default_identity(),
@@ -209,11 +216,15 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
         },
     );
 
-    // Policy: peers one way, and host ports towards HOST.
-    for (identity, isolation) in &identity_isolation {
+    // Policy: peers one way (across tenants only where the owner consents, on the ports both
+    // allow), and host ports towards HOST.
+    for (identity, tenant, network, isolation) in &sources {
         for peer in &isolation.peers {
-            if let Some(dst) = model.logical.get(&peer.network) {
-                add_rules(&mut state.policy, *identity, dst.identity, &peer.rules);
+            if let (Some(dst), Some(rules)) = (
+                model.logical.get(&peer.network),
+                model.peer_rules(tenant, network, peer),
+            ) {
+                add_rules(&mut state.policy, *identity, dst.identity, &rules);
             }
         }
         if !isolation.allow_host_ports.is_empty() {
