@@ -5,13 +5,15 @@
 //! Implemented: list (with `resourceVersion` in the list metadata, no paging), watch streams
 //! (chunked JSON lines: ADDED / MODIFIED / DELETED, BOOKMARK when asked for, an ERROR event with
 //! `410 Gone` when the requested version is older than the compaction point), JSON merge
-//! patch (RFC 7386) on objects and on the `status` subresource, for the cluster-scoped genie
-//! kinds, Pods, Nodes and the Services of `kube-system`. Test controls: put/delete objects, drop every open watch, compact
+//! patch (RFC 7386) on objects and on the `status` subresource, and create (POST) of
+//! cluster-scoped genie objects, for the cluster-scoped genie kinds, Pods, Nodes and the
+//! Services of `kube-system`. Test controls: put/delete objects, drop every open watch, compact
 //! the history, and stop/restart the server on the same port.
 //!
 //! Not implemented: authentication, label and field selectors (ignored: every watch gets every
 //! object of its resource), paging (`limit` is ignored, lists are complete), server-side
-//! apply, strategic merge patch, create/update verbs, namespaced lists other than all pods.
+//! apply, strategic merge patch, update, create of core objects, namespaced lists other than
+//! all pods.
 
 use std::{
     collections::BTreeMap,
@@ -36,16 +38,19 @@ pub enum Resource {
     Nodes,
     /// Services of `kube-system` only (the cluster DNS).
     Services,
+    /// What each node's agent publishes (created by the agents).
+    NodeEndpoints,
 }
 
 impl Resource {
-    const ALL: [Resource; 6] = [
+    const ALL: [Resource; 7] = [
         Resource::PhysicalNetworks,
         Resource::LogicalNetworks,
         Resource::Tenants,
         Resource::Pods,
         Resource::Nodes,
         Resource::Services,
+        Resource::NodeEndpoints,
     ];
 
     fn list_path(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Resource {
             Resource::Pods => "/api/v1/pods",
             Resource::Nodes => "/api/v1/nodes",
             Resource::Services => "/api/v1/namespaces/kube-system/services",
+            Resource::NodeEndpoints => "/apis/genie.dev/v1alpha1/nodeendpoints",
         }
     }
 
@@ -74,6 +80,7 @@ impl Resource {
             Resource::Pods => "Pod",
             Resource::Nodes => "Node",
             Resource::Services => "Service",
+            Resource::NodeEndpoints => "NodeEndpoints",
         }
     }
 
@@ -291,7 +298,8 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Requests served so far ("PATCH /api/v1/nodes/n1", …).
+    /// Requests served so far, with their query ("PATCH /api/v1/nodes/n1",
+    /// "GET /api/v1/pods?watch=true&…", …).
     pub fn requests(&self) -> Vec<String> {
         self.shared.state.lock().expect("state").requests.clone()
     }
@@ -399,8 +407,18 @@ fn handle(shared: &Shared, stream: TcpStream) -> Result<()> {
             if !s.up {
                 return Ok(());
             }
-            s.requests
-                .push(format!("{} {}", request.method, request.path));
+            let query: Vec<String> = request
+                .query
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.requests.push(format!(
+                "{} {}{}{}",
+                request.method,
+                request.path,
+                if query.is_empty() { "" } else { "?" },
+                query.join("&")
+            ));
         }
         let list = Resource::ALL
             .into_iter()
@@ -433,6 +451,10 @@ fn handle(shared: &Shared, stream: TcpStream) -> Result<()> {
             }
             ("PATCH", _) => {
                 let (status, body) = patch(shared, &request);
+                respond(&mut stream, status, &body)?;
+            }
+            ("POST", Some(resource)) if resource.api_version() != "v1" => {
+                let (status, body) = create(shared, resource, &request);
                 respond(&mut stream, status, &body)?;
             }
             _ => respond(
@@ -504,6 +526,34 @@ fn patch(shared: &Shared, request: &Request) -> (&'static str, Value) {
     drop(s);
     shared.changed.notify_all();
     ("200 OK", object)
+}
+
+/// Creates a cluster-scoped genie object (`POST` to its list path); `409` when it exists.
+fn create(shared: &Shared, resource: Resource, request: &Request) -> (&'static str, Value) {
+    let Ok(mut object) = serde_json::from_slice::<Value>(&request.body) else {
+        return (
+            "400 Bad Request",
+            status_error(400, "BadRequest", "not JSON"),
+        );
+    };
+    let key = key_of(resource, &object);
+    let mut s = shared.state.lock().expect("state");
+    if s.objects.contains_key(&key) {
+        return (
+            "409 Conflict",
+            status_error(409, "AlreadyExists", "the object exists"),
+        );
+    }
+    s.version += 1;
+    let version = s.version;
+    object["metadata"]["resourceVersion"] = json!(version.to_string());
+    object["metadata"]["generation"] = json!(1);
+    object["metadata"]["uid"] = json!(format!("uid-{version}"));
+    s.objects.insert(key, object.clone());
+    s.history.push((version, resource, "ADDED", object.clone()));
+    drop(s);
+    shared.changed.notify_all();
+    ("201 Created", object)
 }
 
 /// RFC 7386 JSON merge patch.

@@ -14,6 +14,7 @@ pub mod node;
 pub mod packet;
 pub mod probe;
 pub mod prometheus;
+pub mod rbac;
 pub mod topology;
 pub mod traffic;
 

@@ -114,6 +114,17 @@ fn enforced(node: &TestNode) -> Value {
     })
 }
 
+/// Every request the agents made is granted by the RBAC in `deploy/genie.yaml`.
+fn assert_rbac_covers(api: &ApiServer) {
+    let requests = api.requests();
+    assert!(!requests.is_empty());
+    let refused = genie_tests::rbac::refused(&requests);
+    assert!(
+        refused.is_empty(),
+        "deploy/genie.yaml does not grant: {refused:#?}"
+    );
+}
+
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !check() {
@@ -183,6 +194,7 @@ fn the_kube_source_enforces_what_the_file_source_does() {
     );
     put_all(&api, &peered);
     wait_until("the peer rule applied", || tcp_echo(b, a, 7601).unwrap());
+    assert_rbac_covers(&api);
 }
 
 #[test]
@@ -208,6 +220,7 @@ fn an_invalid_object_is_reported_and_changes_nothing() {
     assert_eq!(enforced(&node), before);
     let (b, a) = (node.topo.pod("b"), node.topo.pod("a"));
     assert!(!tcp_echo(b, a, 7610).unwrap());
+    assert_rbac_covers(&api);
 }
 
 #[test]
@@ -260,6 +273,7 @@ fn broken_watches_and_an_outage_change_no_verdict() {
         tcp_echo(b, a, 7700).unwrap()
     });
     assert!(!tcp_echo(c, a, 7701).unwrap(), "other tenant still dropped");
+    assert_rbac_covers(&api);
 }
 
 /// One simulated node of a two-node cluster: a topology, an agent on the kube source, a
@@ -336,6 +350,22 @@ impl ClusterNode {
             .unwrap()
     }
 
+    /// DEL of a pod this node added, as the runtime runs it when the pod is deleted.
+    fn del_pod(&self, namespace: &str, pod: &str) {
+        let netns = self
+            .pods
+            .iter()
+            .find(|n| n.name().ends_with(&format!("-{pod}")))
+            .unwrap();
+        let sandbox = genie_tests::cni::Sandbox::new(
+            &format!("{}{pod}", self.name),
+            namespace,
+            pod,
+            &netns.path(),
+        );
+        self.runtime.call("DEL", &sandbox).unwrap().expect_ok("DEL");
+    }
+
     fn pod_at(&self, pod: &str, ipv4: std::net::Ipv4Addr) -> genie_tests::traffic::NodeAt<'_> {
         let netns = self
             .pods
@@ -401,7 +431,7 @@ fn two_nodes_enforce_isolation_between_them() {
     let b2 = n2.add_pod(&api, "blue", "b2");
     wire(&n1, s1, &n2, s2);
 
-    // Each agent published its pods' network-status; the other learns their identities.
+    // Each agent published its pods in its NodeEndpoints; the other learns their identities.
     wait_until("n1 knows n2's pods", || {
         n1.identity_of(r2) != 0 && n1.identity_of(b2) != 0
     });
@@ -444,6 +474,139 @@ fn two_nodes_enforce_isolation_between_them() {
     let b3 = n2.add_pod(&api, "blue", "b3");
     wait_until("n1 learns the new pod", || n1.identity_of(b3) != 0);
     assert_eq!(n1.identity_of(b3), n1.identity_of(b2));
+    // The pod goes: the API object, then the runtime's DEL on n2, which republishes.
     api.delete("Pod", "blue", "b3").unwrap();
+    n2.del_pod("blue", "b3");
     wait_until("n1 forgets the deleted pod", || n1.identity_of(b3) == 0);
+    assert_rbac_covers(&api);
+}
+
+/// The address map entry of `ip` on `node` (its identity), if any.
+fn addr_identity(node: &TestNode, ip: [u8; 4]) -> Option<u32> {
+    genie_agent::dataplane::PinnedMaps::open(node.bpffs())
+        .unwrap()
+        .read_state()
+        .unwrap()
+        .addrs
+        .get(&genie_common::maps::IpAddr16::from_v4(ip))
+        .map(|a| a.identity)
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and an agent; run `cargo xtask test`"]
+fn remote_identities_come_only_from_what_genie_publishes() {
+    let api = ApiServer::start().unwrap();
+    api.put_yaml(TWO_TENANTS).unwrap();
+    api.put(node_object("n1")).unwrap();
+    api.put(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"},
+        "spec": {"podCIDRs": ["198.18.21.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.19.254.2"}]}}),
+    )
+    .unwrap();
+    let mut n1 = ClusterNode::new(&api, "n1", "198.18.20.0/24");
+    wait_until("n1 classifies n2's address as HOST", || {
+        genie_agent::dataplane::PinnedMaps::open(n1.node.bpffs())
+            .unwrap()
+            .read_state()
+            .unwrap()
+            .cidrs
+            .get(&(
+                128,
+                genie_common::maps::IpAddr16::from_v4([198, 19, 254, 2]),
+            ))
+            .map(|c| c.identity)
+            == Some(genie_common::identity::HOST)
+    });
+
+    // Anyone who may edit a pod may write its network-status: it gives no identity, neither to
+    // a pod address nor to another node's address.
+    api.put(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "evil", "namespace": "blue", "annotations": {
+            "k8s.v1.cni.cncf.io/network-status":
+                r#"[{"name": "genie", "interface": "eth0", "default": true, "ips": ["198.19.254.2", "198.18.21.7"]}]"#}},
+        "spec": {"nodeName": "n2", "containers": []}}))
+        .unwrap();
+    // A node added after the pod: once n1 shows its address as HOST, it has seen the pod.
+    api.put(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n3"}, "spec": {},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.19.254.3"}]}}),
+    )
+    .unwrap();
+    wait_until("n1 classifies n3's address as HOST", || {
+        genie_agent::dataplane::PinnedMaps::open(n1.node.bpffs())
+            .unwrap()
+            .read_state()
+            .unwrap()
+            .cidrs
+            .contains_key(&(
+                128,
+                genie_common::maps::IpAddr16::from_v4([198, 19, 254, 3]),
+            ))
+    });
+    assert_eq!(
+        addr_identity(&n1.node, [198, 18, 21, 7]),
+        None,
+        "network-status gave a pod address an identity"
+    );
+    assert_eq!(
+        addr_identity(&n1.node, [198, 19, 254, 2]),
+        None,
+        "network-status gave another node's address a tenant's identity"
+    );
+    // What genie's agent on n2 publishes is trusted, within reason: its pod CIDR holds the
+    // default network's addresses, and no claim displaces a node address.
+    api.put(
+        json!({"apiVersion": "genie.dev/v1alpha1", "kind": "NodeEndpoints",
+        "metadata": {"name": "n2"},
+        "spec": {"endpoints": [{"namespace": "blue", "pod": "p", "interface": "eth0",
+            "network": "default", "ips": ["198.18.21.8", "198.18.99.8", "198.19.254.2"]}]}}),
+    )
+    .unwrap();
+    // A node that does not exist publishes nothing.
+    api.put(
+        json!({"apiVersion": "genie.dev/v1alpha1", "kind": "NodeEndpoints",
+        "metadata": {"name": "n9"},
+        "spec": {"endpoints": [{"namespace": "blue", "pod": "q", "interface": "eth0",
+            "network": "default", "ips": ["198.18.22.9"]}]}}),
+    )
+    .unwrap();
+    wait_until("n1 learns n2's published pod", || {
+        addr_identity(&n1.node, [198, 18, 21, 8]).is_some()
+    });
+    let blue = addr_identity(&n1.node, [198, 18, 21, 8]).unwrap();
+    assert_ne!(blue, 0);
+    assert_eq!(
+        addr_identity(&n1.node, [198, 18, 21, 7]),
+        None,
+        "network-status gave an identity"
+    );
+    assert_eq!(
+        addr_identity(&n1.node, [198, 18, 99, 8]),
+        None,
+        "outside n2's pod CIDR"
+    );
+    assert_eq!(
+        addr_identity(&n1.node, [198, 19, 254, 2]),
+        None,
+        "a node address became a pod's"
+    );
+    assert_eq!(
+        addr_identity(&n1.node, [198, 18, 22, 9]),
+        None,
+        "a node that does not exist"
+    );
+
+    // n1 publishes its own pods.
+    let r1 = n1.add_pod(&api, "red", "r1");
+    wait_until("n1 publishes r1", || {
+        api.get("NodeEndpoints", "", "n1").is_some_and(|o| {
+            o["spec"]["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["pod"] == "r1" && e["ips"][0] == r1.to_string())
+        })
+    });
+    assert_rbac_covers(&api);
 }

@@ -317,6 +317,19 @@ impl Agent {
                 &self.object_errors,
                 &self.endpoint_usage(self.model.as_ref()),
             );
+            kube.publish_endpoints(
+                self.registry
+                    .all()
+                    .filter(|e| e.recovered.is_none())
+                    .map(|e| crate::model::objects::PublishedEndpoint {
+                        namespace: e.request.namespace.clone(),
+                        pod: e.request.pod.clone(),
+                        interface: e.request.interface.clone(),
+                        network: e.request.network.clone(),
+                        ips: e.request.ips.iter().map(ToString::to_string).collect(),
+                    })
+                    .collect(),
+            );
         }
         self.metrics.reconcile_runs += 1;
         self.metrics.reconcile_duration.observe(started.elapsed());

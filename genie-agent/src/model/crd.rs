@@ -5,14 +5,18 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;
 
-use super::objects::{LogicalNetworkObject, PhysicalNetworkObject, TenantObject};
+use super::objects::{
+    LogicalNetworkObject, NodeEndpointsObject, PhysicalNetworkObject, TenantObject,
+};
 
-/// The three CRDs, in the order they are applied.
+/// Every CRD, in the order they are applied: the three kinds operators write, then the one
+/// the agents write.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
     vec![
         PhysicalNetworkObject::crd(),
         LogicalNetworkObject::crd(),
         TenantObject::crd(),
+        NodeEndpointsObject::crd(),
     ]
 }
 
@@ -45,12 +49,15 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_is_cluster_scoped_with_a_status_subresource() {
+    fn every_kind_is_cluster_scoped_and_operators_kinds_have_a_status() {
         for crd in definitions() {
             assert_eq!(crd.spec.scope, "Cluster", "{}", crd.spec.names.kind);
             assert_eq!(crd.spec.group, "genie.dev");
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1alpha1");
+            if crd.spec.names.kind == "NodeEndpoints" {
+                continue;
+            }
             assert!(
                 version
                     .subresources

@@ -307,6 +307,54 @@ pub struct Quota {
     pub endpoints: Option<u32>,
 }
 
+/// The pod interfaces one node's agent enforces, published by that agent so the other nodes
+/// give their addresses the right identity. Named after the node; written only by genie's
+/// agents (their service account is the only one granted create/patch on this kind), never
+/// by tenants: unlike a pod's `network-status` annotation, which anyone who may edit the pod
+/// can change, it is a source of identity other nodes can trust.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "genie.dev",
+    version = "v1alpha1",
+    kind = "NodeEndpoints",
+    root = "NodeEndpointsObject",
+    doc = "The pod interfaces a node's genie agent enforces (written by that agent only; other nodes derive remote identities from it).",
+    plural = "nodeendpoints",
+    shortname = "nep",
+    category = "genie",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeEndpointsSpec {
+    /// Every endpoint the node enforces.
+    #[serde(default)]
+    pub endpoints: Vec<PublishedEndpoint>,
+}
+
+/// One pod interface in a [`NodeEndpointsSpec`].
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishedEndpoint {
+    /// The pod's namespace (its tenant).
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The interface inside the pod.
+    pub interface: String,
+    /// The LogicalNetwork, or `default`.
+    pub network: String,
+    /// Its addresses.
+    pub ips: Vec<String>,
+}
+
 /// What the agents report on an object (the status subresource).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

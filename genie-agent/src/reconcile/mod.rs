@@ -46,6 +46,8 @@ pub struct RemoteEndpoint {
     pub namespace: String,
     /// The logical network, or `default`.
     pub network: String,
+    /// The pod CIDRs of the node that published it (empty: the cluster assigns none).
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// The complete desired contents of the policy maps.
@@ -293,17 +295,43 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
             );
         }
     }
-    // Remote endpoints never displace a local one (anti-spoofing keys on it).
+    // Remote endpoints never displace a local one (anti-spoofing keys on it), and only an
+    // address their network can have becomes their identity.
     for remote in &node.remote_endpoints {
         let Ok(identity) = model.identity_for(&remote.namespace, &remote.network) else {
             continue;
         };
+        if !remote_address_plausible(model, node, remote) {
+            continue;
+        }
         state.addrs.entry(addr16(remote.ip)).or_insert(AddrInfo {
             identity,
             endpoint_id: 0,
         });
     }
     state
+}
+
+/// Whether a remote endpoint's address can be what it claims: never a node address, a HOST
+/// range or a cluster DNS address (an exact entry would win over HOST); inside its logical
+/// network's subnets; for the default network, inside the publishing node's pod CIDRs (when
+/// the cluster assigns them) and outside every logical network.
+fn remote_address_plausible(model: &Model, node: &NodeInfo, remote: &RemoteEndpoint) -> bool {
+    let ip = remote.ip;
+    if node.host_addresses.contains(&ip)
+        || node.host_cidrs.iter().any(|c| c.contains(&ip))
+        || node.dns_addresses.contains(&ip)
+    {
+        return false;
+    }
+    let in_logical =
+        |net: &crate::model::LogicalNetwork| net.subnets.iter().any(|s| s.contains(&ip));
+    if remote.network == DEFAULT_NETWORK {
+        !model.logical.values().any(in_logical)
+            && (remote.pod_cidrs.is_empty() || remote.pod_cidrs.iter().any(|c| c.contains(&ip)))
+    } else {
+        model.logical.get(&remote.network).is_some_and(in_logical)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! The Kubernetes source (`genie agent --source kube`): watches genie's kinds, Pods and Nodes
 //! through kube-rs, and hands the agent the same thing the file source does — objects as
 //! (name, text) pairs for `model::load_sources` — plus what only the cluster knows: the
-//! addresses of pods on other nodes (from their network-status annotation) and of every node.
+//! addresses of pods on other nodes and of every node.
+//!
+//! Other nodes' pods get their identity from the `NodeEndpoints` object each node's agent
+//! writes, never from a pod's `network-status` annotation: anyone who may edit a pod may edit
+//! that, and could claim another node's (or an outside) address as a tenant's identity.
 //!
 //! Watches restart by relisting on any error, `410 Gone` included (kube-runtime's watcher with
 //! its default backoff). The stores keep the last complete list while the API is unreachable,
@@ -19,6 +23,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::{
     Api, Client, Config,
@@ -30,8 +35,11 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        ConfigError, DEFAULT_NETWORK,
-        objects::{LogicalNetworkObject, PhysicalNetworkObject, TenantObject},
+        ConfigError,
+        objects::{
+            LogicalNetworkObject, NodeEndpointsObject, NodeEndpointsSpec, PhysicalNetworkObject,
+            PublishedEndpoint, TenantObject,
+        },
     },
     reconcile::RemoteEndpoint,
 };
@@ -73,6 +81,8 @@ struct Stores {
     /// (namespace, name) → pod.
     pods: BTreeMap<(String, String), Pod>,
     nodes: BTreeMap<String, Node>,
+    /// Every node's published endpoints, by node name.
+    node_endpoints: BTreeMap<String, NodeEndpointsObject>,
     /// The cluster DNS Service, when it exists.
     dns: Option<Service>,
     /// Which stores have completed their first list.
@@ -106,6 +116,8 @@ pub struct KubeSource {
     written_status: Arc<Mutex<BTreeMap<(String, String), Value>>>,
     /// The physical networks the node was last labelled with.
     labelled: Arc<Mutex<Option<Vec<String>>>>,
+    /// The endpoints last published in this node's `NodeEndpoints`.
+    published: Arc<Mutex<Option<Vec<PublishedEndpoint>>>>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -161,6 +173,7 @@ impl KubeSource {
             generation: Arc::new(AtomicU64::new(0)),
             written_status: Arc::new(Mutex::new(BTreeMap::new())),
             labelled: Arc::new(Mutex::new(None)),
+            published: Arc::new(Mutex::new(None)),
         };
         source.spawn_watches();
         Ok(source)
@@ -241,6 +254,23 @@ impl KubeSource {
                     stores.dns = None;
                 }
                 _ => {}
+            },
+        );
+        let published: Api<NodeEndpointsObject> = Api::all(self.client.clone());
+        let name_of = |o: &NodeEndpointsObject| o.metadata.name.clone().unwrap_or_default();
+        self.spawn_watch(
+            "NodeEndpoints",
+            published,
+            move |stores, objects| {
+                stores.node_endpoints = objects.into_iter().map(|o| (name_of(&o), o)).collect();
+            },
+            move |stores, event| match event {
+                Change::Apply(o) => {
+                    stores.node_endpoints.insert(name_of(&o), o);
+                }
+                Change::Delete(o) => {
+                    stores.node_endpoints.remove(&name_of(&o));
+                }
             },
         );
         let nodes: Api<Node> = Api::all(self.client.clone());
@@ -345,6 +375,7 @@ impl KubeSource {
             "Pod",
             "Node",
             "Service",
+            "NodeEndpoints",
         ]
         .iter()
         .all(|k| s.synced.get(k).copied().unwrap_or(false))
@@ -368,16 +399,11 @@ impl KubeSource {
                 ));
             }
         }
-        let logical: Vec<&String> = s
-            .genie
-            .get("LogicalNetwork")
-            .map(|m| m.keys().collect())
-            .unwrap_or_default();
         for ((namespace, name), pod) in &s.pods {
             let on_this_node =
                 pod.spec.as_ref().and_then(|p| p.node_name.as_deref()) == Some(&self.node_name);
-            let annotations = pod.metadata.annotations.clone().unwrap_or_default();
             if on_this_node {
+                let annotations = pod.metadata.annotations.clone().unwrap_or_default();
                 let text = json!({
                     "apiVersion": "v1",
                     "kind": "Pod",
@@ -387,13 +413,20 @@ impl KubeSource {
                     PathBuf::from(format!("kube:Pod/{namespace}/{name}")),
                     text.to_string(),
                 ));
+            }
+        }
+        // Other nodes' endpoints, as their agents published them; a node that no longer
+        // exists publishes nothing.
+        for (node_name, published) in &s.node_endpoints {
+            if *node_name == self.node_name {
                 continue;
             }
-            let Some(status) = annotations.get(NETWORK_STATUS) else {
+            let Some(node) = s.nodes.get(node_name) else {
                 continue;
             };
+            let pod_cidrs = node_pod_cidrs(node);
             out.remote_endpoints
-                .extend(remote_endpoints(namespace, status, &logical));
+                .extend(remote_endpoints(&published.spec, &pod_cidrs));
         }
         for node in s.nodes.values() {
             for address in node
@@ -541,8 +574,51 @@ impl KubeSource {
         });
     }
 
-    /// Writes `k8s.v1.cni.cncf.io/network-status` onto a pod after its ADD (best effort: the
-    /// pod works either way; other nodes learn its addresses from it).
+    /// Publishes this node's endpoints in its `NodeEndpoints` object (created when missing),
+    /// when they differ from what was last written. Other nodes' agents give these addresses
+    /// their identity.
+    pub fn publish_endpoints(&self, endpoints: Vec<PublishedEndpoint>) {
+        let mut endpoints = endpoints;
+        endpoints.sort();
+        if self
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(&endpoints)
+        {
+            return;
+        }
+        let client = self.client.clone();
+        let node = self.node_name.clone();
+        let record = Arc::clone(&self.published);
+        self.runtime.spawn(async move {
+            let api: Api<NodeEndpointsObject> = Api::all(client);
+            let spec = NodeEndpointsSpec {
+                endpoints: endpoints.clone(),
+            };
+            let patch = Patch::Merge(json!({"spec": &spec}));
+            let written = match api.patch(&node, &PatchParams::default(), &patch).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    let object = NodeEndpointsObject::new(&node, spec);
+                    api.create(&kube::api::PostParams::default(), &object)
+                        .await
+                        .map(|_| ())
+                }
+                other => other.map(|_| ()),
+            };
+            match written {
+                // Recorded only once written, so a failure is retried on the next reconcile.
+                Ok(()) => *record.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoints),
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "publishing the node's endpoints failed")
+                }
+            }
+        });
+    }
+
+    /// Writes `k8s.v1.cni.cncf.io/network-status` onto a pod after its ADD (best effort, for
+    /// display and other tools: genie's own nodes trust only `NodeEndpoints`).
     pub fn publish_network_status(&self, namespace: &str, pod: &str, status: &Value) {
         let client = self.client.clone();
         let (namespace, pod) = (namespace.to_owned(), pod.to_owned());
@@ -563,33 +639,36 @@ enum Change<K> {
     Delete(K),
 }
 
-/// The endpoints a remote pod's network-status names: each interface's addresses with the
-/// genie network they belong to (`default` for the default network).
-fn remote_endpoints(namespace: &str, status: &str, logical: &[&String]) -> Vec<RemoteEndpoint> {
-    let Ok(Value::Array(entries)) = serde_json::from_str::<Value>(status) else {
-        return Vec::new();
-    };
+/// The endpoints another node published, with the pod CIDRs of that node (what its
+/// default-network addresses must lie in, when the cluster assigns them).
+fn remote_endpoints(published: &NodeEndpointsSpec, pod_cidrs: &[IpNet]) -> Vec<RemoteEndpoint> {
     let mut out = Vec::new();
-    for entry in entries {
-        let name = entry["name"].as_str().unwrap_or_default();
-        let network = if entry["default"].as_bool() == Some(true) {
-            DEFAULT_NETWORK.to_owned()
-        } else if logical.iter().any(|l| l.as_str() == name) {
-            name.to_owned()
-        } else {
-            continue;
-        };
-        for ip in entry["ips"].as_array().into_iter().flatten() {
-            if let Some(ip) = ip.as_str().and_then(|s| s.parse().ok()) {
+    for endpoint in &published.endpoints {
+        for ip in &endpoint.ips {
+            if let Ok(ip) = ip.parse() {
                 out.push(RemoteEndpoint {
                     ip,
-                    namespace: namespace.to_owned(),
-                    network: network.clone(),
+                    namespace: endpoint.namespace.clone(),
+                    network: endpoint.network.clone(),
+                    pod_cidrs: pod_cidrs.to_vec(),
                 });
             }
         }
     }
     out
+}
+
+/// `spec.podCIDRs` (or `spec.podCIDR`) of a node.
+fn node_pod_cidrs(node: &Node) -> Vec<IpNet> {
+    let Some(spec) = node.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.pod_cidrs
+        .iter()
+        .flatten()
+        .chain(spec.pod_cidr.iter())
+        .filter_map(|c| c.parse().ok())
+        .collect()
 }
 
 /// Now as RFC 3339 UTC, for condition timestamps.
@@ -602,30 +681,43 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DEFAULT_NETWORK;
 
     #[test]
-    fn a_remote_pods_network_status_names_its_endpoints() {
-        let status = r#"[
-            {"name": "genie", "interface": "eth0", "ips": ["198.18.20.5"], "default": true},
-            {"name": "red-a", "interface": "eth1", "ips": ["198.18.1.7", "fd00::7"]},
-            {"name": "someone-elses", "interface": "net1", "ips": ["10.0.0.1"]}
-        ]"#;
-        let red_a = "red-a".to_owned();
-        let got = remote_endpoints("red", status, &[&red_a]);
-        let want: Vec<(String, &str)> = vec![
-            ("198.18.20.5".to_owned(), DEFAULT_NETWORK),
-            ("198.18.1.7".to_owned(), "red-a"),
-            ("fd00::7".to_owned(), "red-a"),
-        ];
+    fn published_endpoints_become_remote_endpoints() {
+        let spec = NodeEndpointsSpec {
+            endpoints: vec![
+                PublishedEndpoint {
+                    namespace: "red".to_owned(),
+                    pod: "p".to_owned(),
+                    interface: "eth0".to_owned(),
+                    network: DEFAULT_NETWORK.to_owned(),
+                    ips: vec!["198.18.20.5".to_owned(), "not an address".to_owned()],
+                },
+                PublishedEndpoint {
+                    namespace: "red".to_owned(),
+                    pod: "p".to_owned(),
+                    interface: "eth1".to_owned(),
+                    network: "red-a".to_owned(),
+                    ips: vec!["198.18.1.7".to_owned(), "fd00::7".to_owned()],
+                },
+            ],
+        };
+        let cidrs: Vec<IpNet> = vec!["198.18.20.0/24".parse().unwrap()];
+        let got = remote_endpoints(&spec, &cidrs);
         assert_eq!(
             got.iter()
                 .map(|e| (e.ip.to_string(), e.network.as_str()))
                 .collect::<Vec<_>>(),
-            want
+            vec![
+                ("198.18.20.5".to_owned(), DEFAULT_NETWORK),
+                ("198.18.1.7".to_owned(), "red-a"),
+                ("fd00::7".to_owned(), "red-a"),
+            ]
         );
-        assert!(got.iter().all(|e| e.namespace == "red"));
-        // Not JSON, or not a list: nothing (the pod stays unknown, i.e. WORLD).
-        assert!(remote_endpoints("red", "{", &[&red_a]).is_empty());
-        assert!(remote_endpoints("red", "{}", &[&red_a]).is_empty());
+        assert!(
+            got.iter()
+                .all(|e| e.namespace == "red" && e.pod_cidrs == cidrs)
+        );
     }
 }
