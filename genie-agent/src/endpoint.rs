@@ -69,6 +69,15 @@ pub struct Endpoint {
     /// its interface goes or by an explicit removal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<Recovered>,
+    /// The bridge the host-side interface is a port of (its index in the node's namespace):
+    /// broadcast and multicast the endpoint sends reach the node through it, where `to_host`
+    /// decides. `None` for a host side in no bridge (`ptp`) and for in-pod interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<u32>,
+    /// The pod interface's IPv6 link-local addresses (its own for neighbour discovery):
+    /// the EUI-64 address of its MAC and those found on the interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_local: Vec<std::net::Ipv6Addr>,
 }
 
 /// What is known of an endpoint recovered from the pinned maps alone: no pod, namespace or

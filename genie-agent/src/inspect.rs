@@ -381,6 +381,8 @@ pub struct ConntrackRow {
     /// Seconds since the flow was last seen (refreshed at most once a second).
     pub idle_seconds: u64,
     pub closing: bool,
+    /// The connection-tracking zone (tenant table) the flow is tracked in.
+    pub zone: u32,
 }
 
 /// Tracked flows, from the pins; at most `limit` of them.
@@ -396,11 +398,7 @@ pub fn conntrack(bpffs: &Path, limit: usize) -> Result<Vec<ConntrackRow>, Datapl
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     let mut rows = Vec::new();
-    for entry in maps.conntrack.iter().take(limit) {
-        let (key, value) = entry.map_err(|source| DataplaneError::Map {
-            name: genie_common::maps::CONNTRACK_MAP,
-            source,
-        })?;
+    for (zone, key, value) in maps.zones().flows(limit)? {
         let lo = format!("{}:{}", ip_from16(key.addr_lo), key.port_lo);
         let hi = format!("{}:{}", ip_from16(key.addr_hi), key.port_hi);
         let (from, to) = if value.flags & ct_flags::OPENED_BY_LO != 0 {
@@ -409,6 +407,7 @@ pub fn conntrack(bpffs: &Path, limit: usize) -> Result<Vec<ConntrackRow>, Datapl
             (hi, lo)
         };
         rows.push(ConntrackRow {
+            zone,
             protocol: protocol_name(key.protocol),
             from,
             to,

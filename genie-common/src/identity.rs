@@ -14,6 +14,9 @@ pub const WORLD: u32 = 2;
 /// The cluster DNS service addresses (and the pods behind them): reachable on port 53 by
 /// every identity.
 pub const DNS: u32 = 3;
+/// An IPv4 subnet's network or broadcast address (a directed broadcast, RFC 919): genie treats
+/// traffic to it as broadcast, never as a flow to one endpoint.
+pub const BROADCAST: u32 = 4;
 /// Identities below this are reserved.
 pub const FIRST_NETWORK_IDENTITY: u32 = 256;
 
@@ -29,6 +32,7 @@ pub const fn reserved_name(identity: u32) -> Option<&'static str> {
         HOST => Some("host"),
         WORLD => Some("world"),
         DNS => Some("cluster-dns"),
+        BROADCAST => Some("broadcast"),
         _ => None,
     }
 }

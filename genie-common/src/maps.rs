@@ -19,7 +19,8 @@ pub const CIDRS_MAP: &str = "genie_cidrs";
 pub const IDENTITIES_MAP: &str = "genie_idents";
 /// The policy matrix: (src identity, dst identity, protocol) → allowed port ranges.
 pub const POLICY_MAP: &str = "genie_policy";
-/// Connection tracking (LRU).
+/// Connection tracking: an array of per-tenant LRU tables (map of maps), indexed by
+/// connection-tracking zone.
 pub const CONNTRACK_MAP: &str = "genie_ct";
 /// Node-wide settings (one entry).
 pub const CONFIG_MAP: &str = "genie_config";
@@ -70,8 +71,16 @@ pub const MAX_CIDRS: u32 = 16_384;
 pub const MAX_IDENTITIES: u32 = 16_384;
 /// Capacity of [`POLICY_MAP`].
 pub const MAX_POLICY: u32 = 131_072;
-/// Capacity of [`CONNTRACK_MAP`].
-pub const MAX_CONNTRACK: u32 = 262_144;
+/// Connection-tracking zones on one node: tenants with endpoints there (zone 0 is the
+/// namespaces no tenant owns).
+pub const MAX_CT_ZONES: u32 = 1024;
+/// The zone of the default-network endpoints of namespaces no tenant owns.
+pub const UNOWNED_CT_ZONE: u32 = 0;
+/// Flows a zone's table holds unless its tenant says otherwise (`quota.connections`).
+pub const DEFAULT_ZONE_CONNECTIONS: u32 = 65_536;
+/// Size of the inner-table template in the object; the agent creates every zone's table with
+/// its own capacity (the kernel does not compare the sizes of hash tables in a map of maps).
+pub const CT_TEMPLATE_ENTRIES: u32 = 1024;
 /// Capacity of [`COUNTERS_MAP`]: endpoints × directions × the reasons that actually occur.
 pub const MAX_COUNTERS: u32 = 262_144;
 /// Port ranges per policy entry.
@@ -202,10 +211,21 @@ pub struct EndpointInfo {
     pub mac: [u8; 6],
     /// Which rate-limit buckets apply ([`crate::ratelimit::limit_flags`]); 0: none.
     pub limits: u8,
-    /// Explicit padding, always zero.
-    pub _pad: u8,
+    /// [`endpoint_flags`] bits.
+    pub flags: u8,
+    /// The connection-tracking zone of the endpoint's tenant: its own table in
+    /// [`CONNTRACK_MAP`], so another tenant's flows can never evict its entries.
+    pub ct_zone: u32,
 }
-const _: () = assert!(size_of::<EndpointInfo>() == 16);
+const _: () = assert!(size_of::<EndpointInfo>() == 20);
+
+/// Bits of [`EndpointInfo::flags`].
+pub mod endpoint_flags {
+    /// Broadcast and multicast this endpoint sends reach the node's own stack directly (the
+    /// host side of its veth is in no bridge, as with `ptp`): its egress program decides host
+    /// access for them. Behind a bridge, `to_host` on the bridge decides instead.
+    pub const GROUP_TO_HOST: u8 = 1 << 0;
+}
 
 /// Value of [`LIMITS_MAP`] as user space sees it. The eBPF side declares the same layout with
 /// the kernel's `struct bpf_spin_lock` in place of `lock` (the verifier finds it by BTF name).
@@ -253,17 +273,21 @@ pub const NAME_LEN: usize = 64;
 pub struct IdentityInfo {
     /// [`identity_flags`] bits.
     pub flags: u32,
+    /// The connection-tracking zone of the identity's tenant (kept here so a restarted agent
+    /// finds every tenant's zone in the pins).
+    pub ct_zone: u32,
     /// Tenant name, NUL-padded (for inspection; the dataplane never reads it).
     pub tenant: [u8; NAME_LEN],
     /// Logical network name, NUL-padded.
     pub network: [u8; NAME_LEN],
 }
-const _: () = assert!(size_of::<IdentityInfo>() == 4 + 2 * NAME_LEN);
+const _: () = assert!(size_of::<IdentityInfo>() == 8 + 2 * NAME_LEN);
 
 impl Default for IdentityInfo {
     fn default() -> Self {
         Self {
             flags: 0,
+            ct_zone: 0,
             tenant: [0; NAME_LEN],
             network: [0; NAME_LEN],
         }

@@ -37,11 +37,17 @@ pub enum Reason {
     RateLimitBandwidth = 12,
     /// A new flow over the endpoint's (or its network's) QPS limit in this direction.
     RateLimitQps = 13,
+    /// A broadcast or multicast frame from another identity (the tenant boundary holds for
+    /// group traffic too).
+    Multicast = 14,
+    /// A unicast frame (or ARP/ND message) whose destination address (target) is not the
+    /// receiving endpoint's own: it was sent to the endpoint's MAC for someone else.
+    WrongDestination = 15,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Forwarded,
         Reason::UnknownEndpoint,
         Reason::Policy,
@@ -56,6 +62,8 @@ impl Reason {
         Reason::Revoked,
         Reason::RateLimitBandwidth,
         Reason::RateLimitQps,
+        Reason::Multicast,
+        Reason::WrongDestination,
     ];
 
     /// The label used in metrics and inspection output.
@@ -75,6 +83,8 @@ impl Reason {
             Reason::Revoked => "revoked",
             Reason::RateLimitBandwidth => "rate-limit-bandwidth",
             Reason::RateLimitQps => "rate-limit-qps",
+            Reason::Multicast => "multicast",
+            Reason::WrongDestination => "wrong-destination",
         }
     }
 

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod host;
 mod maps;
 mod metrics;
 mod pacing;
@@ -26,6 +27,17 @@ pub fn from_endpoint(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_endpoint(ctx: TcContext) -> i32 {
     handle(&ctx, Direction::Ingress)
+}
+
+/// TCX ingress of a bridge joining host-side pod interfaces: what the bridge passes up to the
+/// node's own stack (broadcast and multicast from endpoints without host access stop here).
+#[classifier]
+pub fn to_host(ctx: TcContext) -> i32 {
+    if host::to_host(&ctx) {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 /// Does nothing but pass the packet: the baseline `cargo xtask bench datapath` measures next

@@ -3,13 +3,15 @@
 //! one of them, and a privileged test dumps each by name).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{
+        Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage,
+    },
     macros::btf_map,
 };
 use genie_common::maps::{
-    AddrInfo, CidrInfo, Config, CounterKey, CounterValue, CtKey, CtValue, EndpointInfo,
-    IdentityInfo, IpAddr16, MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS,
-    MAX_ENDPOINTS, MAX_IDENTITIES, MAX_POLICY, PolicyKey, PolicyValue,
+    AddrInfo, CT_TEMPLATE_ENTRIES, CidrInfo, Config, CounterKey, CounterValue, CtKey, CtValue,
+    EndpointInfo, IdentityInfo, IpAddr16, MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_COUNTERS,
+    MAX_CT_ZONES, MAX_ENDPOINTS, MAX_IDENTITIES, MAX_POLICY, PolicyKey, PolicyValue,
 };
 
 /// Endpoint records by the interface index the program runs on (`ENDPOINTS_MAP`).
@@ -32,10 +34,14 @@ pub static IDENTITIES: HashMap<u32, IdentityInfo, { MAX_IDENTITIES as usize }> =
 #[btf_map(name = "genie_policy")]
 pub static POLICY: HashMap<PolicyKey, PolicyValue, { MAX_POLICY as usize }> = HashMap::new();
 
-/// Connection tracking (`CONNTRACK_MAP`). LRU, so a flood evicts the oldest flows instead of
-/// failing inserts.
+/// Connection tracking (`CONNTRACK_MAP`): one LRU table per tenant (connection-tracking
+/// zone), created by the agent with the tenant's own capacity. LRU, so a flood evicts the
+/// oldest flows instead of failing inserts — and only the flooding tenant's own.
 #[btf_map(name = "genie_ct")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue, { MAX_CONNTRACK as usize }> = LruHashMap::new();
+pub static CONNTRACK: ArrayOfMaps<
+    LruHashMap<CtKey, CtValue, { CT_TEMPLATE_ENTRIES as usize }>,
+    { MAX_CT_ZONES as usize },
+> = ArrayOfMaps::new();
 
 /// Node-wide settings, index 0 (`CONFIG_MAP`).
 #[btf_map(name = "genie_config")]

@@ -25,6 +25,8 @@ pub struct Arp {
     pub eth_src: [u8; 6],
     pub sender_mac: [u8; 6],
     pub sender_ip: [u8; 4],
+    /// The address asked about (request) or answered to (reply).
+    pub target_ip: [u8; 4],
 }
 
 /// A parsed IP packet. Lives in the per-CPU scratch map, not on the stack.
@@ -46,6 +48,18 @@ pub struct Ip {
     pub is_v6: u8,
     /// 1 for an ICMP error whose quoted packet was parsed into `quoted`.
     pub related: u8,
+    /// 1 when the Ethernet destination is a group address (broadcast or multicast, the I/G bit
+    /// of IEEE 802 §8.2).
+    pub l2_group: u8,
+    /// 1 when a neighbour solicitation or advertisement carried a link-layer address option;
+    /// the address is in `nd_lladdr`.
+    pub nd_has_lladdr: u8,
+    pub _pad: [u8; 2],
+    /// The target of a neighbour solicitation or advertisement (RFC 4861 §4.3, §4.4).
+    pub nd_target: IpAddr16,
+    /// The source/target link-layer address option of an NS/NA (RFC 4861 §4.6.1).
+    pub nd_lladdr: [u8; 6],
+    pub _pad2: [u8; 2],
     /// The flow an ICMP error quotes (destination unreachable, packet too big, time exceeded,
     /// parameter problem): its reply is allowed when that flow is tracked.
     pub quoted: Quoted,
@@ -111,6 +125,7 @@ pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
     };
     let mut eth_src = [0u8; 6];
     eth_src.copy_from_slice(&eth[6..12]);
+    let l2_group = eth[0] & 1;
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     match ethertype {
         ETH_P_ARP => {
@@ -128,6 +143,8 @@ pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
             ip.icmp_type = 0;
             ip.fragment = 0;
             ip.related = 0;
+            ip.l2_group = l2_group;
+            ip.nd_has_lladdr = 0;
             let status = if ethertype == ETH_P_IP {
                 parse_ipv4(ctx, ip)
             } else {
@@ -153,6 +170,7 @@ fn parse_arp(ctx: &TcContext, eth_src: [u8; 6], out: &mut Arp) -> Result<(), ()>
     out.eth_src = eth_src;
     out.sender_mac.copy_from_slice(&arp[8..14]);
     out.sender_ip.copy_from_slice(&arp[14..18]);
+    out.target_ip.copy_from_slice(&arp[24..28]);
     Ok(())
 }
 
@@ -266,11 +284,64 @@ fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
                 ip.dport = id;
             } else if is_error(ip.protocol, c[0]) && parse_quoted(ctx, offset + 8, ip) == OK {
                 ip.related = 1;
+            } else if ip.protocol == proto::ICMPV6
+                && (c[0] == ND_SOLICITATION || c[0] == ND_ADVERTISEMENT)
+                && parse_nd(ctx, offset, ip) != OK
+            {
+                return MALFORMED;
             }
         }
         _ => {}
     }
     OK
+}
+
+/// Neighbour solicitation and advertisement (RFC 4861 §4.3, §4.4).
+pub const ND_SOLICITATION: u8 = 135;
+pub const ND_ADVERTISEMENT: u8 = 136;
+
+/// Options of an NS/NA looked at for a link-layer address; a sender could otherwise hide a
+/// foreign MAC behind options genie does not read.
+const MAX_ND_OPTIONS: usize = 4;
+
+/// The target address of an NS/NA at `offset` (the ICMPv6 header) and its link-layer address
+/// option, if any. An option of length 0 is invalid (RFC 4861 §4.6) and fails the packet.
+#[inline(never)]
+fn parse_nd(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
+    let Some(t) = bytes::<24>(ctx, offset & 0x3ff) else {
+        return MALFORMED;
+    };
+    ip.nd_target = v6_at(t, 8);
+    let mut at = offset + 24;
+    for _ in 0..MAX_ND_OPTIONS {
+        let Some(head) = bytes::<8>(ctx, at & 0x3ff) else {
+            // No further option in the packet.
+            return OK;
+        };
+        let len = head[1] as usize;
+        if len == 0 {
+            return MALFORMED;
+        }
+        // Source (1) or target (2) link-layer address, 8 octets on Ethernet.
+        if (head[0] == 1 || head[0] == 2) && len == 1 {
+            ip.nd_lladdr.copy_from_slice(&head[2..8]);
+            ip.nd_has_lladdr = 1;
+        }
+        at += len * 8;
+    }
+    OK
+}
+
+/// Whether an address is an IPv4 multicast (224.0.0.0/4), the IPv4 limited broadcast
+/// (255.255.255.255) or an IPv6 multicast (ff00::/8) address.
+#[inline(always)]
+pub fn is_group_address(addr: &IpAddr16) -> bool {
+    let a = &addr.addr;
+    if addr.is_v4() {
+        a[12] & 0xf0 == 0xe0 || (a[12] == 0xff && a[13] == 0xff && a[14] == 0xff && a[15] == 0xff)
+    } else {
+        a[0] == 0xff
+    }
 }
 
 /// The IPv6 address at `at` of a header, read as four words.
@@ -361,12 +432,4 @@ fn is_echo(protocol: u8, icmp_type: u8) -> bool {
 #[inline(always)]
 pub fn is_neighbour_discovery(ip: &Ip) -> bool {
     ip.is_v6 != 0 && ip.protocol == proto::ICMPV6 && matches!(ip.icmp_type, 130..=137 | 143)
-}
-
-/// Link-local (fe80::/10) or unspecified (::) source: what ND and MLD use before an address is
-/// assigned.
-#[inline(always)]
-pub fn is_link_local_or_unspecified(addr: &IpAddr16) -> bool {
-    let a = &addr.addr;
-    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || addr.is_unspecified()
 }

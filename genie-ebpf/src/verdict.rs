@@ -1,5 +1,7 @@
 //! The decision for one packet on one endpoint interface (DESIGN.md §3): identity from the
-//! interface, anti-spoofing, connection tracking first, policy only for new flows.
+//! interface, anti-spoofing, the tenant boundary for broadcast, multicast and neighbour
+//! discovery, delivery only to the endpoint's own addresses, then connection tracking (the
+//! endpoint's tenant's own table) and policy only for new flows.
 //!
 //! The stages are separate BPF functions passing pointers into the per-CPU scratch map: the
 //! 512-byte stack limit applies to the whole call chain, and the parsed packet plus its flow
@@ -11,14 +13,21 @@ use aya_ebpf::{
 use genie_common::{
     Direction, EndpointInfo, Reason,
     conntrack::{REFRESH_NS, flow_key, timeout_ns},
-    maps::{AddrInfo, CtKey, CtValue, IpAddr16, PolicyKey, ct_flags, mac_eq},
+    identity::{BROADCAST, HOST, WORLD},
+    maps::{
+        AddrInfo, CtKey, CtValue, IpAddr16, PolicyKey, ct_flags, endpoint_flags, identity_flags,
+        mac_eq,
+    },
     policy::{Side, classify, decide_new_flow, proto},
     ratelimit::kind,
 };
 
 use crate::{
     maps::{ADDRS, CIDRS, CONFIG, CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, SCRATCH},
-    parse::{self, Arp, Ip, KIND_ARP, KIND_IP, KIND_OTHER, TCP_FIN, TCP_RST},
+    parse::{
+        self, Arp, Ip, KIND_ARP, KIND_IP, KIND_OTHER, ND_ADVERTISEMENT, ND_SOLICITATION, TCP_FIN,
+        TCP_RST,
+    },
     ratelimit,
 };
 
@@ -35,9 +44,11 @@ pub struct Flow {
     pub key: CtKey,
     pub now: u64,
     pub epoch: u32,
+    /// The connection-tracking zone (table) of the endpoint the program runs for.
+    pub zone: u32,
     pub src_is_lo: u8,
     pub closing: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Per-CPU working memory of one program run.
@@ -110,11 +121,17 @@ fn owns(endpoint: &EndpointInfo, addr: &IpAddr16) -> bool {
 }
 
 /// ARP passes both ways, but what a pod announces must be its own: ARP spoofing is the classic
-/// way to steal a neighbour's traffic on a shared segment.
+/// way to steal a neighbour's traffic on a shared segment. Delivered to an endpoint is only
+/// what asks about (or answers to) its own address, and whatever the node sends.
 #[inline(always)]
 fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: u8) -> Reason {
     if direction == Direction::Ingress as u8 {
-        return Reason::Forwarded;
+        if owns(endpoint, &IpAddr16::from_v4(arp.target_ip))
+            || classify_addr(&IpAddr16::from_v4(arp.sender_ip)) == HOST
+        {
+            return Reason::Forwarded;
+        }
+        return Reason::WrongDestination;
     }
     if !mac_ok(endpoint, &arp.eth_src) || !mac_ok(endpoint, &arp.sender_mac) {
         return Reason::SpoofedMac;
@@ -126,29 +143,133 @@ fn arp_verdict(endpoint: &EndpointInfo, arp: &Arp, direction: u8) -> Reason {
     Reason::Forwarded
 }
 
+/// Whether a packet is addressed to a group: a broadcast or multicast MAC, or an IPv4
+/// multicast, limited-broadcast or IPv6 multicast address.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
-)]
+fn is_group(ip: &Ip) -> bool {
+    ip.l2_group != 0 || parse::is_group_address(&ip.dst)
+}
+
+/// Broadcast and multicast (DESIGN.md §3): sent freely (the receivers decide), delivered only
+/// from the receiver's own identity or the node (and from outside only where external ingress
+/// is allowed). What reaches the node's own stack is decided as access to the node: by the
+/// sender's egress where its interface leads straight to the stack (`GROUP_TO_HOST`), by
+/// `to_host` on the bridge otherwise. Never tracked: a table entry keyed by a group address
+/// would admit every receiver's copy.
+#[inline(never)]
+fn group_verdict(endpoint: &EndpointInfo, ip: &Ip, direction: u8) -> u8 {
+    if direction == Direction::Egress as u8 {
+        if endpoint.flags & endpoint_flags::GROUP_TO_HOST == 0 {
+            return Reason::Forwarded as u8;
+        }
+        let host = Side {
+            identity: HOST,
+            flags: 0,
+        };
+        return decide_new_flow(
+            endpoint_side(endpoint),
+            host,
+            ip.protocol,
+            ip.dport,
+            policy_allows,
+        ) as u8;
+    }
+    let source = classify_addr(&ip.src);
+    let allowed = source == endpoint.identity
+        || source == HOST
+        || (source == WORLD
+            && flags_of(endpoint.identity) & identity_flags::ALLOW_EXTERNAL_INGRESS != 0);
+    if allowed {
+        Reason::Forwarded as u8
+    } else {
+        Reason::Multicast as u8
+    }
+}
+
+/// Neighbour discovery and MLD delivered to an endpoint: from the node, anything (router and
+/// gateway messages); otherwise a solicitation only for one of the endpoint's addresses, an
+/// advertisement only to one of them or, sent to a group, from the endpoint's own identity,
+/// and other group messages (MLD, router solicitations) only from its own identity.
+#[inline(never)]
+fn nd_ingress(endpoint: &EndpointInfo, ip: &Ip) -> u8 {
+    let source = classify_addr(&ip.src);
+    if source == HOST {
+        return Reason::Forwarded as u8;
+    }
+    if ip.icmp_type == ND_SOLICITATION {
+        return if owns(endpoint, &ip.nd_target) {
+            Reason::Forwarded as u8
+        } else {
+            Reason::WrongDestination as u8
+        };
+    }
+    if !is_group(ip) {
+        return if owns(endpoint, &ip.dst) {
+            Reason::Forwarded as u8
+        } else {
+            Reason::WrongDestination as u8
+        };
+    }
+    if source == endpoint.identity {
+        Reason::Forwarded as u8
+    } else {
+        Reason::Multicast as u8
+    }
+}
+
+/// Neighbour discovery and MLD an endpoint sends: from its own addresses (link-local ones
+/// included) or, for duplicate address detection and early MLD reports, from `::` (RFC 4862
+/// §5.4.2, RFC 3810 §5.2.13); an advertisement only for one of its own addresses, and any
+/// link-layer address option only with its own MAC.
+#[inline(always)]
+fn nd_egress(endpoint: &EndpointInfo, ip: &Ip) -> Reason {
+    if !ip.src.is_unspecified() && !owns(endpoint, &ip.src) {
+        return Reason::SpoofedIp;
+    }
+    if ip.icmp_type == ND_ADVERTISEMENT && !owns(endpoint, &ip.nd_target) {
+        return Reason::SpoofedIp;
+    }
+    if ip.nd_has_lladdr != 0 && !mac_ok(endpoint, &ip.nd_lladdr) {
+        return Reason::SpoofedMac;
+    }
+    Reason::Forwarded
+}
+
+#[inline(always)]
 fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -> Reason {
     let neighbour_discovery = parse::is_neighbour_discovery(ip);
     if direction == Direction::Egress as u8 {
         if !mac_ok(endpoint, &ip.eth_src) {
             return Reason::SpoofedMac;
         }
-        let link_local_nd = neighbour_discovery && parse::is_link_local_or_unspecified(&ip.src);
-        if !link_local_nd && !owns(endpoint, &ip.src) {
+        if neighbour_discovery {
+            return nd_egress(endpoint, ip);
+        }
+        if !owns(endpoint, &ip.src) {
             return Reason::SpoofedIp;
         }
-    }
-    if neighbour_discovery {
-        return Reason::Forwarded;
+    } else if neighbour_discovery {
+        return Reason::from_u8(nd_ingress(endpoint, ip)).unwrap_or(Reason::Malformed);
     }
     if ip.fragment != 0 {
         return Reason::Fragment;
     }
-    if ip.related != 0 && quoted_flow_tracked(ip) != 0 {
+    if is_group(ip) {
+        return Reason::from_u8(group_verdict(endpoint, ip, direction))
+            .unwrap_or(Reason::Malformed);
+    }
+    // A unicast frame reaches an endpoint only when it is addressed to the endpoint: a frame
+    // sent to its MAC for another address would be a covert channel into the pod.
+    if direction == Direction::Ingress as u8 && !owns(endpoint, &ip.dst) {
+        // A subnet's directed broadcast behind a unicast MAC is still broadcast.
+        if classify_addr(&ip.dst) == BROADCAST {
+            return Reason::from_u8(group_verdict(endpoint, ip, direction))
+                .unwrap_or(Reason::Malformed);
+        }
+        return Reason::WrongDestination;
+    }
+    flow.zone = endpoint.ct_zone;
+    if ip.related != 0 && quoted_flow_tracked(ip, flow.zone) != 0 {
         return Reason::Forwarded;
     }
     let (key, src_is_lo) = flow_key(ip.src, ip.dst, ip.sport, ip.dport, ip.protocol);
@@ -168,13 +289,25 @@ fn ip_reason(endpoint: &EndpointInfo, ip: &Ip, flow: &mut Flow, direction: u8) -
             if ratelimit::limited(endpoint, kind::FLOWS, direction)
                 && ratelimit::take(endpoint, kind::FLOWS, direction, 1) == 0
             {
-                let _ = CONNTRACK.remove(&flow.key);
+                remove_tracked(flow);
                 Reason::RateLimitQps
             } else {
                 Reason::Forwarded
             }
         }
         _ => Reason::from_u8(new_flow(endpoint, ip, direction, flow)).unwrap_or(Reason::Malformed),
+    }
+}
+
+/// Removes the flow's entry from its zone's table.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
+)]
+fn remove_tracked(flow: &Flow) {
+    if let Some(table) = CONNTRACK.get(flow.zone) {
+        let _ = table.remove(&flow.key);
     }
 }
 
@@ -189,12 +322,8 @@ const TRACKED_FIRST_INGRESS: u8 = 3;
 /// Looks the flow up in conntrack: `TRACKED` (and refreshed) for a live entry still allowed,
 /// `REVOKED` (entry deleted) when a policy change disallows it, `UNTRACKED` otherwise.
 #[inline(never)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the key lives in the scratch map; a by-value key would be copied onto the 512-byte stack"
-)]
 fn tracked(flow: &Flow, direction: u8) -> u8 {
-    let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
+    let Some(entry) = CONNTRACK.get_value_ptr_mut(flow.zone, &flow.key) else {
         return UNTRACKED;
     };
     // SAFETY: LRU entries may be updated concurrently by another CPU; every field is a plain
@@ -207,7 +336,7 @@ fn tracked(flow: &Flow, direction: u8) -> u8 {
         // Policy changed since this flow was admitted: check it again as the flow that opened
         // it, and cut it if it is no longer allowed (tightening is immediate).
         if revalidate(&flow.key, ct.flags) != Reason::Forwarded as u8 {
-            let _ = CONNTRACK.remove(&flow.key);
+            remove_tracked(flow);
             return REVOKED;
         }
         ct.epoch = flow.epoch;
@@ -230,14 +359,15 @@ fn tracked(flow: &Flow, direction: u8) -> u8 {
     TRACKED
 }
 
-/// Whether the flow an ICMP error quotes is tracked and live: then the error is part of it.
+/// Whether the flow an ICMP error quotes is tracked and live in `zone`: then the error is part
+/// of it.
 #[inline(never)]
-fn quoted_flow_tracked(ip: &Ip) -> u8 {
+fn quoted_flow_tracked(ip: &Ip, zone: u32) -> u8 {
     let q = &ip.quoted;
     let (key, _) = flow_key(q.src, q.dst, q.sport, q.dport, q.protocol);
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match CONNTRACK.get_ptr(key) {
+    match CONNTRACK.get_value_ptr_mut(zone, &key) {
         // SAFETY: plain integers, read once.
         Some(entry) => u8::from(
             now.saturating_sub(unsafe { (*entry).last_seen_ns })
@@ -279,6 +409,11 @@ fn new_flow(endpoint: &EndpointInfo, ip: &Ip, direction: u8, flow: &Flow) -> u8 
     } else {
         (remote_side(&ip.src), endpoint_side(endpoint))
     };
+    if dst.identity == BROADCAST {
+        // A subnet's directed broadcast sent to a unicast MAC: broadcast all the same, and
+        // never tracked.
+        return group_verdict(endpoint, ip, direction);
+    }
     let mut reason = decide_new_flow(src, dst, ip.protocol, ip.dport, policy_allows);
     // QPS counts only flows policy allows, and a refused one leaves no conntrack entry.
     if !reason.is_drop()
@@ -305,15 +440,18 @@ fn new_flow(endpoint: &EndpointInfo, ip: &Ip, direction: u8, flow: &Flow) -> u8 
             flags,
             _pad: [0; 3],
         };
-        // A full LRU evicts the oldest entry; an insert can only fail on memory pressure, and
-        // then the next packet of the flow is simply decided again.
-        let _ = CONNTRACK.insert(&flow.key, value, u64::from(BPF_ANY));
+        // A full table evicts its own least recently used entry — only of this tenant, whose
+        // zone it is; an insert can only fail on memory pressure (or a zone the agent has not
+        // created yet), and then the next packet of the flow is simply decided again.
+        if let Some(table) = CONNTRACK.get(flow.zone) {
+            let _ = table.insert(&flow.key, &value, u64::from(BPF_ANY));
+        }
     }
     reason as u8
 }
 
 #[inline(always)]
-fn identity_flags(identity: u32) -> u32 {
+fn flags_of(identity: u32) -> u32 {
     // SAFETY: read at once.
     unsafe { IDENTITIES.get(identity) }
         .map(|i| i.flags)
@@ -324,13 +462,13 @@ fn identity_flags(identity: u32) -> u32 {
 fn endpoint_side(endpoint: &EndpointInfo) -> Side {
     Side {
         identity: endpoint.identity,
-        flags: identity_flags(endpoint.identity),
+        flags: flags_of(endpoint.identity),
     }
 }
 
 /// Classifies an address: exact endpoint/service address, else longest CIDR, else WORLD.
 #[inline(always)]
-fn classify_addr(addr: &IpAddr16) -> u32 {
+pub fn classify_addr(addr: &IpAddr16) -> u32 {
     // SAFETY: copied out at once.
     let exact = unsafe { ADDRS.get(addr) }.copied();
     let cidr = if exact.is_some() {
@@ -349,7 +487,7 @@ fn side_of(addr: &IpAddr16) -> Side {
     let identity = classify_addr(addr);
     Side {
         identity,
-        flags: identity_flags(identity),
+        flags: flags_of(identity),
     }
 }
 
@@ -363,7 +501,7 @@ fn remote_side(addr: &IpAddr16) -> Side {
 }
 
 #[inline(always)]
-fn policy_allows(key: &PolicyKey, port: u16) -> bool {
+pub fn policy_allows(key: &PolicyKey, port: u16) -> bool {
     // SAFETY: the value is only read within this call.
     match unsafe { POLICY.get(key) } {
         Some(value) => value.allows_port(port),

@@ -281,7 +281,13 @@ pub fn footprint(node: &TestNode) -> Footprint {
             .collect(),
         cache: files_under(&state.join("cni")),
         endpoint_records: maps.endpoints.len(),
-        address_records: maps.addrs.len(),
+        // Directed-broadcast entries follow the node's addresses, and a bridge delegate keeps
+        // its gateway address after the last pod goes: they are the node's, not a pod's.
+        address_records: maps
+            .addrs
+            .values()
+            .filter(|a| a.identity != genie_common::identity::BROADCAST)
+            .count(),
         pinned_links: files_under(&node.bpffs().join("links")),
     }
 }
@@ -320,4 +326,77 @@ pub fn result_ipv4(result: &Value) -> Option<std::net::Ipv4Addr> {
         .iter()
         .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
         .next()
+}
+
+/// A pod added through genie-cni: its namespace, sandbox and `eth0` address.
+#[derive(Debug)]
+pub struct CniPod {
+    pub netns: Netns,
+    pub sandbox: Sandbox,
+    pub ipv4: std::net::Ipv4Addr,
+}
+
+impl CniPod {
+    /// The pod at its `eth0` address, as traffic sees it.
+    pub fn at(&self) -> crate::traffic::NodeAt<'_> {
+        crate::traffic::NodeAt {
+            netns: &self.netns,
+            ipv4: self.ipv4,
+        }
+    }
+
+    /// The MAC of `ifname` inside the pod.
+    pub fn mac(&self, ifname: &str) -> [u8; 6] {
+        let out = self
+            .netns
+            .ip(&["-o", "link", "show", "dev", ifname])
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mac = text
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("an Ethernet interface");
+        let mut bytes = [0u8; 6];
+        for (slot, part) in bytes.iter_mut().zip(mac.split(':')) {
+            *slot = u8::from_str_radix(part, 16).expect("hex");
+        }
+        bytes
+    }
+}
+
+/// A node with its agent and a runtime whose default network is a bridge (`gbr-def`, with
+/// `subnet`, the node at its first address).
+#[derive(Debug)]
+pub struct CniCluster {
+    pub node: TestNode,
+    pub runtime: Runtime,
+}
+
+impl CniCluster {
+    /// Starts the agent of `node` (already holding its objects) with the default network on
+    /// `subnet`.
+    pub fn start(node: TestNode, subnet: &str) -> Result<Self> {
+        node.spawn_agent()?;
+        let runtime = Runtime::new(&node, default_network(subnet));
+        Ok(Self { node, runtime })
+    }
+
+    /// A namespace for a pod, IPv6 enabled when `ipv6`.
+    pub fn netns(&self, label: &str, ipv6: bool) -> Result<Netns> {
+        Netns::create(format!("{}-{label}", self.node.topo.base()), ipv6)
+    }
+
+    /// ADD of pod `namespace/pod` as container `id`.
+    pub fn add(&self, id: &str, namespace: &str, pod: &str, ipv6: bool) -> Result<CniPod> {
+        let netns = self.netns(pod, ipv6)?;
+        let sandbox = Sandbox::new(id, namespace, pod, &netns.path());
+        let outcome = self.runtime.call("ADD", &sandbox)?;
+        anyhow::ensure!(outcome.exit_code == 0, "ADD {pod}: {}", outcome.raw);
+        Ok(CniPod {
+            ipv4: result_ipv4(&outcome.stdout).context("an IPv4 address on eth0")?,
+            netns,
+            sandbox,
+        })
+    }
 }

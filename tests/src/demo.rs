@@ -335,8 +335,11 @@ impl Tour {
                     Verdict::Allowed
                 } else {
                     let after = self.drops()?;
+                    // A probe's ARP request is flooded to every pod of the bridge; the ones it
+                    // does not ask about drop it (`wrong-destination`): not this probe's verdict.
                     let moved = after
                         .into_iter()
+                        .filter(|(k, _)| k.reason != Reason::WrongDestination.name())
                         .filter(|(k, n)| before.get(k).copied().unwrap_or(0) < *n)
                         .max_by_key(|(k, n)| n - before.get(k).copied().unwrap_or(0))
                         .map(|(k, _)| k);

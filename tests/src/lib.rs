@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod cni;
 pub mod demo;
 pub mod fixtures;
+pub mod l2;
 pub mod names;
 pub mod node;
 pub mod packet;

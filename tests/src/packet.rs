@@ -38,6 +38,13 @@ pub enum L4 {
         icmp_type: u8,
         id: u16,
     },
+    /// An ICMPv6 neighbour solicitation or advertisement (RFC 4861 §4.3, §4.4) for `target`,
+    /// with a source/target link-layer address option when `lladdr` is set.
+    Nd {
+        icmp_type: u8,
+        target: std::net::Ipv6Addr,
+        lladdr: Option<[u8; 6]>,
+    },
     /// Any other protocol, no header.
     Other {
         protocol: u8,
@@ -59,6 +66,8 @@ pub mod icmp {
     pub const ECHO_REQUEST_V6: u8 = 128;
     pub const ECHO_REPLY_V6: u8 = 129;
     pub const NEIGHBOUR_SOLICITATION: u8 = 135;
+    pub const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+    pub const MLD_REPORT_V2: u8 = 143;
 }
 
 /// How a crafted IP packet is fragmented.
@@ -87,6 +96,12 @@ impl Packet {
     /// The frame's bytes (IPv4 header checksum valid; L4 checksums are left zero, which the
     /// programs never look at).
     pub fn frame(&self) -> Vec<u8> {
+        self.frame_with_payload(&[])
+    }
+
+    /// The frame with `payload` after the transport header, every length field counting it
+    /// (so a receiving stack delivers it; UDP only gets its length field updated).
+    pub fn frame_with_payload(&self, payload: &[u8]) -> Vec<u8> {
         let (protocol, mut l4) = match self.l4 {
             L4::Tcp {
                 sport,
@@ -115,11 +130,42 @@ impl Packet {
                 h[6..8].copy_from_slice(&1u16.to_be_bytes());
                 (if self.src.is_ipv6() { 58 } else { 1 }, h)
             }
+            L4::Nd {
+                icmp_type,
+                target,
+                lladdr,
+            } => {
+                let mut h = vec![0u8; 24];
+                h[0] = icmp_type;
+                h[8..24].copy_from_slice(&target.octets());
+                if let Some(mac) = lladdr {
+                    // Option type 1 (source) for a solicitation, 2 (target) for an
+                    // advertisement; length 1 (8 octets).
+                    h.push(if icmp_type == icmp::NEIGHBOUR_SOLICITATION {
+                        1
+                    } else {
+                        2
+                    });
+                    h.push(1);
+                    h.extend_from_slice(&mac);
+                }
+                (58, h)
+            }
             L4::Other { protocol } => (protocol, vec![0u8; 16]),
         };
         if self.fragment == Fragment::Later {
             // A later fragment carries payload, not the transport header.
             l4 = vec![0xabu8; l4.len()];
+        }
+        if !payload.is_empty() {
+            if let L4::Udp { .. } = self.l4 {
+                l4.truncate(8);
+                l4.extend_from_slice(payload);
+                let len = l4.len() as u16;
+                l4[4..6].copy_from_slice(&len.to_be_bytes());
+            } else {
+                l4.extend_from_slice(payload);
+            }
         }
         let mut frame = Vec::with_capacity(14 + 60 + l4.len());
         frame.extend_from_slice(&self.dst_mac);

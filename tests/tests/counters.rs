@@ -225,7 +225,26 @@ fn bpftool_prints_named_fields_of_every_map() {
             "bpftool failed on {map}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if map == "genie_ct" {
+            // An array of per-tenant tables: each value is an inner map's id; its entries are in
+            // the inner map.
+            for line in text.clone().lines().filter(|l| l.starts_with("key:")) {
+                let bytes: Vec<u8> = line
+                    .split("value:")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .map(|b| u8::from_str_radix(b, 16).unwrap())
+                    .collect();
+                let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+                let inner = Command::new("bpftool")
+                    .args(["map", "dump", "id", &id.to_string()])
+                    .output()
+                    .unwrap();
+                text.push_str(&String::from_utf8_lossy(&inner.stdout));
+            }
+        }
         let fields: &[&str] = match map {
             "genie_endpoints" => &["\"endpoint_id\": 1", "\"identity\"", "\"mac\""],
             "genie_addrs" => &["\"addr\"", "\"identity\"", "\"endpoint_id\": 2"],

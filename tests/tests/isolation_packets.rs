@@ -204,6 +204,14 @@ impl Fixture {
         }
     }
 
+    /// The node's address on the pods' first subnet (HOST), or the v6 host address.
+    fn node_ip(&self, f: Family) -> IpAddr {
+        match f {
+            Family::V4 => IpAddr::V4(self.node.topo.pod("a1").gateway),
+            Family::V6 => "2001:db8:ffff::1".parse().unwrap(),
+        }
+    }
+
     fn egress(&self, pod: &str, p: &Packet) -> Reason {
         self.probe()
             .verdict(self.ifindex(pod), Direction::Egress, &p.frame())
@@ -567,12 +575,30 @@ fn spoofed_sources_are_dropped() {
             .unwrap(),
         Reason::SpoofedMac
     );
+    // Delivered to a pod is what asks about its own address, and whatever the node sends.
+    let asks_a1 = packet::arp_request(a2.mac, a2.mac, a2.ipv4, a1.ipv4);
     assert_eq!(
         fx.probe()
-            .verdict(fx.ifindex("a1"), Direction::Ingress, &foreign_ip)
+            .verdict(fx.ifindex("a1"), Direction::Ingress, &asks_a1)
             .unwrap(),
         Reason::Forwarded,
-        "ARP towards a pod passes"
+        "ARP for a pod's own address"
+    );
+    let asks_other = packet::arp_request(a2.mac, a2.mac, a2.ipv4, fx.node.topo.pod("b1").ipv4);
+    assert_eq!(
+        fx.probe()
+            .verdict(fx.ifindex("a1"), Direction::Ingress, &asks_other)
+            .unwrap(),
+        Reason::WrongDestination,
+        "ARP about another address is not for this pod"
+    );
+    let from_node = packet::arp_request(a2.mac, a2.mac, a1.gateway, a2.ipv4);
+    assert_eq!(
+        fx.probe()
+            .verdict(fx.ifindex("a1"), Direction::Ingress, &from_node)
+            .unwrap(),
+        Reason::Forwarded,
+        "the node's ARP reaches every pod"
     );
 }
 
@@ -607,41 +633,136 @@ fn fragments_are_dropped_with_their_own_reason() {
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn neighbour_discovery_works_and_other_ethertypes_do_not() {
     let fx = fixture();
-    let link_local: IpAddr = "fe80::67:ff:fe00:101".parse().unwrap();
-    let solicited: IpAddr = "ff02::1:ff00:12".parse().unwrap();
-    let ns = Packet {
-        src_mac: fx.mac("a1"),
+    // The EUI-64 link-local address of a1's MAC 02:67:00:00:01:01 (RFC 4291 Appendix A),
+    // which the agent registers as a1's own.
+    let a1_ll: Ipv6Addr = "fe80::67:ff:fe00:101".parse().unwrap();
+    let a2_ll: Ipv6Addr = "fe80::67:ff:fe00:102".parse().unwrap();
+    let v6 = |pod: &str| match fx.ip(pod, Family::V6) {
+        IpAddr::V6(v6) => v6,
+        IpAddr::V4(_) => unreachable!(),
+    };
+    let nd = |src: Ipv6Addr, mac: [u8; 6], dst: Ipv6Addr, icmp_type: u8, target: Ipv6Addr| Packet {
+        src_mac: mac,
         dst_mac: [0x33, 0x33, 0xff, 0, 0, 0x12],
-        src: link_local,
-        dst: solicited,
-        l4: L4::Icmp {
-            icmp_type: icmp::NEIGHBOUR_SOLICITATION,
-            id: 0,
+        src: IpAddr::V6(src),
+        dst: IpAddr::V6(dst),
+        l4: L4::Nd {
+            icmp_type,
+            target,
+            lladdr: Some(mac),
         },
         fragment: Fragment::None,
     };
+    let solicited: Ipv6Addr = "ff02::1:ff00:12".parse().unwrap();
+    let (ns, na) = (icmp::NEIGHBOUR_SOLICITATION, icmp::NEIGHBOUR_ADVERTISEMENT);
+
+    // Out: from its own addresses, link-local included, or `::` for duplicate detection.
+    let asks = nd(a1_ll, fx.mac("a1"), solicited, ns, v6("a2"));
     assert_eq!(
-        fx.egress("a1", &ns),
+        fx.egress("a1", &asks),
         Reason::Forwarded,
-        "NS from the link-local address"
+        "NS from its link-local"
     );
-    assert_eq!(fx.ingress("a1", &ns), Reason::Forwarded, "NS towards a pod");
-    // Neighbour discovery with another pod's global address is spoofing.
-    let spoofed = Packet {
-        src: fx.ip("a2", Family::V6),
-        ..ns
+    let dad = nd(Ipv6Addr::UNSPECIFIED, fx.mac("a1"), solicited, ns, v6("a1"));
+    assert_eq!(
+        fx.egress("a1", &dad),
+        Reason::Forwarded,
+        "duplicate address detection"
+    );
+    let foreign_ll = nd(
+        "fe80::99".parse().unwrap(),
+        fx.mac("a1"),
+        solicited,
+        ns,
+        v6("a2"),
+    );
+    assert_eq!(
+        fx.egress("a1", &foreign_ll),
+        Reason::SpoofedIp,
+        "someone else's link-local"
+    );
+    let spoofed = nd(v6("a2"), fx.mac("a1"), solicited, ns, v6("b1"));
+    assert_eq!(
+        fx.egress("a1", &spoofed),
+        Reason::SpoofedIp,
+        "another pod's address"
+    );
+    // An advertisement only for its own addresses, with its own MAC.
+    let announce_own = nd(a1_ll, fx.mac("a1"), "ff02::1".parse().unwrap(), na, a1_ll);
+    assert_eq!(fx.egress("a1", &announce_own), Reason::Forwarded);
+    let claims_a2_ll = nd(a1_ll, fx.mac("a1"), "ff02::1".parse().unwrap(), na, a2_ll);
+    assert_eq!(
+        fx.egress("a1", &claims_a2_ll),
+        Reason::SpoofedIp,
+        "an advertisement claiming another pod's link-local address"
+    );
+    let claims_a2_global = nd(a1_ll, fx.mac("a1"), v6("a2"), na, v6("a2"));
+    assert_eq!(fx.egress("a1", &claims_a2_global), Reason::SpoofedIp);
+    let mut wrong_option = nd(
+        a1_ll,
+        fx.mac("a1"),
+        "ff02::1".parse().unwrap(),
+        na,
+        v6("a1"),
+    );
+    wrong_option.l4 = L4::Nd {
+        icmp_type: na,
+        target: v6("a1"),
+        lladdr: Some(fx.mac("a2")),
     };
-    assert_eq!(fx.egress("a1", &spoofed), Reason::SpoofedIp);
-    // Link-local sources are for neighbour discovery only.
-    let ping = Packet {
+    assert_eq!(
+        fx.egress("a1", &wrong_option),
+        Reason::SpoofedMac,
+        "an advertisement pointing at another pod's MAC"
+    );
+
+    // In: a solicitation only for one of the pod's addresses; an advertisement sent to a
+    // group only from its own network; anything from the node.
+    let for_a1 = nd(a2_ll, fx.mac("a2"), solicited, ns, v6("a1"));
+    assert_eq!(
+        fx.ingress("a1", &for_a1),
+        Reason::Forwarded,
+        "NS for the pod's address"
+    );
+    let for_a1_ll = nd(a2_ll, fx.mac("a2"), solicited, ns, a1_ll);
+    assert_eq!(
+        fx.ingress("a1", &for_a1_ll),
+        Reason::Forwarded,
+        "NS for its link-local"
+    );
+    let for_b1 = nd(a2_ll, fx.mac("a2"), solicited, ns, v6("b1"));
+    assert_eq!(
+        fx.ingress("a1", &for_b1),
+        Reason::WrongDestination,
+        "NS for someone else"
+    );
+    let c1_ll: Ipv6Addr = "fe80::67:ff:fe00:104".parse().unwrap();
+    let unsolicited = nd(c1_ll, fx.mac("c1"), "ff02::1".parse().unwrap(), na, c1_ll);
+    assert_eq!(
+        fx.ingress("a1", &unsolicited),
+        Reason::Multicast,
+        "another tenant's unsolicited advertisement"
+    );
+    let same_net = nd(a2_ll, fx.mac("a2"), "ff02::1".parse().unwrap(), na, a2_ll);
+    assert_eq!(fx.ingress("a1", &same_net), Reason::Forwarded);
+
+    // A pod's own link-local address is its own for any traffic; someone else's is not.
+    let ping = |src: Ipv6Addr| Packet {
+        src_mac: fx.mac("a1"),
+        dst_mac: fx.mac("a2"),
+        src: IpAddr::V6(src),
+        dst: IpAddr::V6(a2_ll),
         l4: L4::Icmp {
             icmp_type: icmp::ECHO_REQUEST_V6,
             id: 9,
         },
-        dst: fx.ip("a2", Family::V6),
-        ..ns
+        fragment: Fragment::None,
     };
-    assert_eq!(fx.egress("a1", &ping), Reason::SpoofedIp);
+    assert_eq!(fx.egress("a1", &ping(a1_ll)), Reason::Forwarded);
+    assert_eq!(
+        fx.egress("a1", &ping("fe80::99".parse().unwrap())),
+        Reason::SpoofedIp
+    );
     let lldp = packet::lldp(fx.mac("a1"));
     assert_eq!(
         fx.probe()
@@ -649,6 +770,90 @@ fn neighbour_discovery_works_and_other_ethertypes_do_not() {
             .unwrap(),
         Reason::UnsupportedProtocol
     );
+}
+
+/// Broadcast and multicast stay inside the sender's identity (DESIGN.md §3); a unicast frame
+/// reaches a pod only when addressed to one of the pod's addresses.
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn group_traffic_and_frames_for_others_stop_at_the_tenant_boundary() {
+    let fx = fixture();
+    let udp = |src: IpAddr, src_mac: [u8; 6], dst: IpAddr, dst_mac: [u8; 6]| Packet {
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        l4: L4::Udp {
+            sport: 5353,
+            dport: 5353,
+        },
+        fragment: Fragment::None,
+    };
+    let broadcast_mac = [0xff; 6];
+    let groups: [(IpAddr, [u8; 6]); 5] = [
+        ("255.255.255.255".parse().unwrap(), broadcast_mac),
+        ("198.18.1.255".parse().unwrap(), broadcast_mac),
+        ("224.0.0.251".parse().unwrap(), [0x01, 0, 0x5e, 0, 0, 0xfb]),
+        ("239.1.1.1".parse().unwrap(), [0x01, 0, 0x5e, 1, 1, 1]),
+        ("ff02::fb".parse().unwrap(), [0x33, 0x33, 0, 0, 0, 0xfb]),
+    ];
+    for (group, mac) in groups {
+        let f = if group.is_ipv6() {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        let from_a2 = udp(fx.ip("a2", f), fx.mac("a2"), group, mac);
+        assert_eq!(fx.egress("a2", &from_a2), Reason::Forwarded, "{group} sent");
+        assert_eq!(
+            fx.ingress("a1", &from_a2),
+            Reason::Forwarded,
+            "{group} within red-a"
+        );
+        assert_eq!(
+            fx.ingress("b1", &from_a2),
+            Reason::Multicast,
+            "{group} into another network of the same tenant"
+        );
+        assert_eq!(
+            fx.ingress("c1", &from_a2),
+            Reason::Multicast,
+            "{group} into another tenant"
+        );
+        let from_node = udp(fx.node_ip(f), fx.mac("a2"), group, mac);
+        assert_eq!(
+            fx.ingress("c1", &from_node),
+            Reason::Forwarded,
+            "{group} from the node"
+        );
+    }
+    // A subnet's broadcast address behind a unicast MAC is broadcast all the same.
+    let directed = udp(
+        fx.ip("a2", Family::V4),
+        fx.mac("a2"),
+        "198.18.1.255".parse().unwrap(),
+        fx.mac("a1"),
+    );
+    assert_eq!(fx.ingress("a1", &directed), Reason::Forwarded);
+    assert_eq!(fx.ingress("c1", &directed), Reason::Multicast);
+
+    for f in FAMILIES {
+        // Sent to c1's MAC, but addressed elsewhere: a covert channel if delivered.
+        for dst in [fx.ip("a2", f), world(f), fx.ip("b1", f)] {
+            let sneaky = udp(fx.ip("a2", f), fx.mac("a2"), dst, fx.mac("c1"));
+            assert_eq!(
+                fx.ingress("c1", &sneaky),
+                Reason::WrongDestination,
+                "{f:?} to c1's MAC for {dst}"
+            );
+        }
+        let honest = udp(world(f), fx.mac("a2"), fx.ip("c1", f), fx.mac("c1"));
+        assert_eq!(
+            fx.ingress("c1", &honest),
+            Reason::Forwarded,
+            "{f:?} allowExternalIngress"
+        );
+    }
 }
 
 #[test]

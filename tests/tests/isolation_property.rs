@@ -186,6 +186,7 @@ fn mac_of(i: usize) -> [u8; 6] {
 /// The maps for a setup: the same contents go to the kernel and to the reference model.
 fn desired(setup: &Setup, ifindexes: &[u32]) -> DesiredState {
     let mut state = DesiredState::default();
+    state.ct_zones.insert(0, 4096);
     for (i, &flags) in setup.flags.iter().enumerate() {
         state.identities.insert(
             IDENTITIES[i],
@@ -226,7 +227,8 @@ fn desired(setup: &Setup, ifindexes: &[u32]) -> DesiredState {
                 identity: IDENTITIES[identity],
                 mac: if enforce_mac { mac_of(i) } else { [0; 6] },
                 limits: 0,
-                _pad: 0,
+                flags: 0,
+                ct_zone: 0,
             },
         );
         for v6 in [false, true] {
@@ -422,6 +424,7 @@ fn meta_of(p: &Packet) -> PacketMeta {
             )
         }
         (L4::Other { protocol }, _) => (protocol, 0, 0, 0, 0),
+        (L4::Nd { icmp_type, .. }, _) => (58, 0, 0, 0, icmp_type),
     };
     PacketMeta::Ip(IpMeta {
         eth_src: p.src_mac,
@@ -513,10 +516,9 @@ fn kernel_and_reference_model_agree_on_every_packet() {
         .run(&strategy, |(setup, choices)| {
             // A fresh conntrack table per case, in the kernel and in the model.
             let mut maps = maps.borrow_mut();
-            let keys: Vec<_> = maps.conntrack.keys().filter_map(Result::ok).collect();
-            for key in keys {
-                let _ = maps.conntrack.remove(&key);
-            }
+            maps.zones()
+                .clear()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut state = desired(&setup, &ifindexes);
             maps.apply(&state)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! keeps the maps equal to what they say.
 
 mod cni;
+mod interfaces;
 mod node;
 mod recovery;
 pub mod server;
@@ -25,7 +26,7 @@ use crate::{
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
     metrics::AgentMetrics,
     model::{self, Model, ModelError, check_name},
-    reconcile::{DesiredState, NodeInfo, desired_state},
+    reconcile::{DesiredState, NodeInfo, ZoneAssignment, assign_zones, desired_state},
     source::kube::{ClusterSnapshot, KubeSource},
 };
 
@@ -144,6 +145,9 @@ pub struct Agent {
     /// their tenant's quota from planning until the ADD ends, so concurrent ADDs cannot both
     /// see room that only one of them can have.
     reservations: BTreeMap<String, QuotaReservation>,
+    /// Connection-tracking zones by tenant (read back from the pinned identities at start, so
+    /// a tenant keeps its table across restarts).
+    zones: ZoneAssignment,
 }
 
 /// Endpoints a CNI ADD in progress will register for its tenant.
@@ -188,7 +192,9 @@ impl Agent {
             cluster: ClusterSnapshot::default(),
             object_errors: Vec::new(),
             reservations: BTreeMap::new(),
+            zones: ZoneAssignment::new(),
         };
+        agent.zones = agent.pinned_zones()?;
         agent.readopt_endpoints()?;
         if let Some(cgroup) = agent.config.pacing_cgroup.clone() {
             match agent.dataplane.pace_tcp(&cgroup) {
@@ -231,7 +237,18 @@ impl Agent {
                 )
             });
             match attached {
-                Ok(ifindex) if ifindex == ep.ifindex => {}
+                Ok(ifindex) if ifindex == ep.ifindex => {
+                    let mut refreshed = ep.clone();
+                    self.discover_interfaces(&mut refreshed);
+                    if refreshed != ep {
+                        self.registry
+                            .insert(refreshed)
+                            .map_err(|source| AgentError::Registry {
+                                path: self.config.state_dir.clone(),
+                                source,
+                            })?;
+                    }
+                }
                 Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
                     warn!(endpoint = ep.id, pod = %ep.request.pod, "interface is gone or was replaced; forgetting the endpoint");
                     self.dataplane.detach(ep.id)?;
@@ -245,7 +262,7 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        self.sync_bridges()
     }
 
     /// Reads the configuration directory; applies it if valid, otherwise keeps the last valid
@@ -349,10 +366,15 @@ impl Agent {
         let node = match &self.node {
             Some(node) => node.clone(),
             None => {
-                let mut host_addresses = node::node_addresses(&self.config.netns)?;
+                let host_prefixes = node::node_prefixes(&self.config.netns)?;
+                let mut host_addresses: Vec<IpAddr> =
+                    host_prefixes.iter().map(IpNet::addr).collect();
                 host_addresses.extend(self.cluster.node_addresses.iter().copied());
+                host_addresses.sort();
+                host_addresses.dedup();
                 let node = NodeInfo {
                     host_addresses,
+                    host_prefixes,
                     host_cidrs: self.config.host_cidrs.clone(),
                     dns_addresses: self
                         .config
@@ -368,7 +390,8 @@ impl Agent {
             }
         };
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
-        let desired = desired_state(model, &endpoints, &node);
+        self.zones = assign_zones(model, &self.zones);
+        let desired = desired_state(model, &endpoints, &node, &self.zones);
         let current = match self.applied.take() {
             Some(applied) => applied,
             None => self.maps.read_state()?,
@@ -418,6 +441,7 @@ impl Agent {
     /// are gone. Runs at start, on configuration changes and periodically.
     pub fn resync(&mut self) -> Result<ApplyStats, AgentError> {
         self.forget_vanished()?;
+        self.sync_bridges()?;
         self.node = None;
         self.applied = None;
         let stats = self.reconcile()?;
@@ -608,13 +632,16 @@ impl Agent {
             AttachSide::Host => None,
             AttachSide::InPod => Some(self.dataplane.take_pod_instance()?),
         };
-        let endpoint = Endpoint {
+        let mut endpoint = Endpoint {
             id: self.registry.next_id(),
             request,
             ifindex,
             pod_key: pod_instance.as_ref().map_or(0, PodInstance::key),
             recovered: None,
+            bridge: None,
+            link_local: Vec::new(),
         };
+        self.discover_interfaces(&mut endpoint);
         self.registry
             .insert(endpoint.clone())
             .map_err(|source| AgentError::Registry {
@@ -632,7 +659,8 @@ impl Agent {
                     endpoint.id,
                     pod_instance,
                 )
-                .map_err(AgentError::from)
+                .map_err(AgentError::from)?;
+            self.sync_bridges()
         });
         if let Err(e) = result {
             let _ = self.dataplane.detach(endpoint.id);
@@ -685,6 +713,7 @@ impl Agent {
             let registry = &self.registry;
             self.maps.prune_counters(&|id| registry.get(id).is_some())?;
         }
+        self.sync_bridges()?;
         info!(endpoint = endpoint.id, pod = %endpoint.request.pod, namespace = %endpoint.request.namespace, interface = %endpoint.request.interface, "endpoint removed");
         Ok(Some(endpoint))
     }

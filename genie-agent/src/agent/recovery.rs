@@ -110,6 +110,8 @@ impl Agent {
                     ifindex,
                     pod_key,
                     recovered: None,
+                    bridge: None,
+                    link_local: Vec::new(),
                 })?;
                 missing.remove(&id);
                 report.from_cache.push(id);
@@ -181,6 +183,8 @@ impl Agent {
                 ifindex,
                 pod_key,
                 recovered: Some(Recovered { identity }),
+                bridge: None,
+                link_local: Vec::new(),
             })?;
             report.from_maps.push(id);
         }

@@ -15,6 +15,12 @@ use crate::netns::NetnsError;
 /// What can go wrong loading, attaching or reading the dataplane.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// rtnetlink could not answer a question about an interface.
+    #[error("asking rtnetlink for {what}: {source}")]
+    Netlink {
+        what: String,
+        source: std::io::Error,
+    },
     /// The bpffs directory could not be created (is bpffs mounted at /sys/fs/bpf?).
     #[error("cannot create bpffs directory {path}: {source}")]
     PinDir {

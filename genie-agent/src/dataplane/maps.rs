@@ -5,14 +5,16 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key,
+    },
 };
 use genie_common::{
     CounterKey, CounterValue, EndpointInfo,
     maps::{
         ADDRS_MAP, AddrInfo, BucketValue, CIDRS_MAP, CONFIG_MAP, CONNTRACK_MAP, COUNTERS_MAP,
         CidrInfo, Config, CtKey, CtValue, ENDPOINTS_MAP, IDENTITIES_MAP, IdentityInfo, IpAddr16,
-        LIMITS_MAP, POLICY_MAP, PolicyKey, PolicyValue,
+        LIMITS_MAP, MAX_CT_ZONES, POLICY_MAP, PolicyKey, PolicyValue,
     },
     ratelimit::{BucketConfig, BucketKey},
 };
@@ -28,7 +30,11 @@ pub struct PinnedMaps {
     pub cidrs: LpmTrie<MapData, IpAddr16, CidrInfo>,
     pub identities: HashMap<MapData, u32, IdentityInfo>,
     pub policy: HashMap<MapData, PolicyKey, PolicyValue>,
-    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// The per-tenant connection-tracking tables (an array of maps; see [`ZoneTables`]).
+    pub conntrack: Map,
+    /// A map created with the object's BTF (the configuration array): zone tables are created
+    /// with the same BTF.
+    btf_source: MapData,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
     pub limits: HashMap<MapData, BucketKey, BucketValue>,
@@ -83,9 +89,13 @@ impl PinnedMaps {
             policy: open(bpffs, POLICY_MAP)?
                 .try_into()
                 .map_err(map_err(POLICY_MAP))?,
-            conntrack: open(bpffs, CONNTRACK_MAP)?
-                .try_into()
-                .map_err(map_err(CONNTRACK_MAP))?,
+            conntrack: open(bpffs, CONNTRACK_MAP)?,
+            btf_source: MapData::from_pin(bpffs.join(CONFIG_MAP)).map_err(|source| {
+                DataplaneError::OpenPin {
+                    path: bpffs.join(CONFIG_MAP),
+                    source,
+                }
+            })?,
             config: open(bpffs, CONFIG_MAP)?
                 .try_into()
                 .map_err(map_err(CONFIG_MAP))?,
@@ -111,6 +121,7 @@ impl PinnedMaps {
             )?,
             identities: read_all(self.identities.iter(), IDENTITIES_MAP)?,
             policy: read_all(self.policy.iter(), POLICY_MAP)?,
+            ct_zones: self.zones().capacities()?,
             buckets: read_all(
                 self.limits.iter().map(|r| r.map(|(k, v)| (k, v.config))),
                 LIMITS_MAP,
@@ -145,6 +156,16 @@ impl PinnedMaps {
     ) -> Result<ApplyStats, DataplaneError> {
         let (c, d) = (current, desired);
         let mut stats = ApplyStats::default();
+        // A zone's table exists before any endpoint record names it, and goes after.
+        upsert(
+            &mut ZoneTables {
+                outer: &self.conntrack,
+                btf_source: &self.btf_source,
+            },
+            &c.ct_zones,
+            &d.ct_zones,
+            CONNTRACK_MAP,
+        )?;
         stats.written += upsert(
             &mut self.identities,
             &c.identities,
@@ -180,6 +201,15 @@ impl PinnedMaps {
             IDENTITIES_MAP,
         )?;
         stats.limits_written += delete_stale(&mut self.limits, &c.buckets, &d.buckets, LIMITS_MAP)?;
+        delete_stale(
+            &mut ZoneTables {
+                outer: &self.conntrack,
+                btf_source: &self.btf_source,
+            },
+            &c.ct_zones,
+            &d.ct_zones,
+            CONNTRACK_MAP,
+        )?;
 
         let policy_changed = stats.written + stats.deleted > 0;
         if policy_changed || stats.limits_written > 0 {
@@ -194,6 +224,14 @@ impl PinnedMaps {
             self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
         }
         Ok(stats)
+    }
+
+    /// The connection-tracking tables.
+    pub fn zones(&self) -> ZoneTables<'_> {
+        ZoneTables {
+            outer: &self.conntrack,
+            btf_source: &self.btf_source,
+        }
     }
 
     /// Removes the counters of endpoints that no longer exist (0, "no endpoint", stays).
@@ -219,6 +257,148 @@ fn read_all<K: Ord, V>(
     name: &'static str,
 ) -> Result<BTreeMap<K, V>, DataplaneError> {
     entries.collect::<Result<_, _>>().map_err(map_err(name))
+}
+
+/// The per-tenant connection-tracking tables: slot `zone` of the outer array of maps holds the
+/// zone's LRU table, created here with the zone's capacity (the object's inner map is only a
+/// template). Per-tenant tables are what keeps one tenant's connection flood from evicting
+/// another tenant's tracked flows (DESIGN.md §3).
+#[derive(Debug)]
+pub struct ZoneTables<'a> {
+    outer: &'a Map,
+    btf_source: &'a MapData,
+}
+
+impl ZoneTables<'_> {
+    fn outer(&self) -> Result<ArrayOfMaps<&MapData, MapData>, DataplaneError> {
+        ArrayOfMaps::try_from(self.outer).map_err(map_err(CONNTRACK_MAP))
+    }
+
+    fn outer_data(&self) -> Result<&MapData, MapError> {
+        match self.outer {
+            Map::ArrayOfMaps(data) => Ok(data),
+            _ => Err(MapError::InvalidMapType { map_type: 0 }),
+        }
+    }
+
+    /// The table of `zone`, if it has one.
+    pub fn table(
+        &self,
+        zone: u32,
+    ) -> Result<Option<HashMap<MapData, CtKey, CtValue>>, DataplaneError> {
+        match self.outer()?.get(&zone, 0) {
+            Ok(data) => Ok(Some(
+                HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(CONNTRACK_MAP))?,
+            )),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(CONNTRACK_MAP)(e)),
+        }
+    }
+
+    /// Every zone that has a table, with its capacity.
+    pub fn capacities(&self) -> Result<BTreeMap<u32, u32>, DataplaneError> {
+        let outer = self.outer()?;
+        let mut out = BTreeMap::new();
+        for zone in 0..MAX_CT_ZONES {
+            match outer.get(&zone, 0) {
+                Ok(data) => {
+                    let info = data.info().map_err(map_err(CONNTRACK_MAP))?;
+                    out.insert(zone, info.max_entries());
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(CONNTRACK_MAP)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tracked flow of every zone, at most `limit`.
+    pub fn flows(&self, limit: usize) -> Result<Vec<(u32, CtKey, CtValue)>, DataplaneError> {
+        let mut out = Vec::new();
+        for zone in self.capacities()?.into_keys() {
+            let Some(table) = self.table(zone)? else {
+                continue;
+            };
+            for entry in table.iter() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (key, value) = entry.map_err(map_err(CONNTRACK_MAP))?;
+                out.push((zone, key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets every tracked flow of every zone (benchmarks and tests start from nothing).
+    pub fn clear(&self) -> Result<(), DataplaneError> {
+        for zone in self.capacities()?.into_keys() {
+            if let Some(mut table) = self.table(zone)? {
+                let keys: Vec<CtKey> = table.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    let _ = table.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A zone's table is desired by capacity: a new one is created empty; a resized one is
+/// created and gets the old table's flows (as many as fit) before it replaces it in the slot,
+/// so established flows survive a change of `quota.connections`.
+impl Writable<u32, u32> for ZoneTables<'_> {
+    fn put(&mut self, zone: &u32, capacity: &u32) -> Result<(), MapError> {
+        let btf = super::sys::map_btf(self.btf_source.fd())
+            .ok()
+            .flatten()
+            .zip(ct_type_ids())
+            .map(|(fd, (key, value))| (fd, key, value));
+        let fd = super::sys::create_lru_hash(
+            "genie_ct_zone",
+            size_of::<CtKey>() as u32,
+            size_of::<CtValue>() as u32,
+            *capacity,
+            btf.as_ref().map(|(fd, key, value)| (fd, *key, *value)),
+        )
+        .map_err(|io_error| syscall_error("bpf_map_create", io_error))?;
+        let mut table = Map::LruHashMap(MapData::from_fd(fd)?);
+        if let Ok(Some(old)) = self.table(*zone) {
+            let mut new: HashMap<&mut MapData, CtKey, CtValue> = HashMap::try_from(&mut table)?;
+            for (key, value) in old.iter().filter_map(Result::ok).take(*capacity as usize) {
+                new.insert(key, value, 0)?;
+            }
+        }
+        let Map::LruHashMap(data) = &table else {
+            return Err(MapError::InvalidMapType { map_type: 0 });
+        };
+        super::sys::map_of_maps_set(self.outer_data()?.fd(), *zone, data.fd())
+            .map_err(|io_error| syscall_error("bpf_map_update_elem", io_error))
+    }
+    fn delete(&mut self, zone: &u32) -> Result<(), MapError> {
+        super::sys::map_of_maps_clear(self.outer_data()?.fd(), *zone)
+            .map_err(|io_error| syscall_error("bpf_map_delete_elem", io_error))
+    }
+}
+
+/// The BTF type ids of `CtKey` and `CtValue` in genie's object, whose BTF the outer table was
+/// created with (the loader keeps type ids): zone tables created with them show named fields
+/// in `bpftool map dump`. `None` when the object's BTF cannot be read.
+fn ct_type_ids() -> Option<(u32, u32)> {
+    static IDS: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *IDS.get_or_init(|| {
+        let object = aya_obj::Object::parse(crate::EBPF_OBJECT).ok()?;
+        let btf = object.btf?;
+        let id = |name| {
+            btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Struct)
+                .ok()
+        };
+        Some((id("CtKey")?, id("CtValue")?))
+    })
+}
+
+fn syscall_error(call: &'static str, io_error: std::io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
 }
 
 /// A map the writer puts entries into and takes them out of, keyed as in [`DesiredState`].

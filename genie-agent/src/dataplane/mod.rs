@@ -11,6 +11,7 @@ mod counters;
 mod ebpf_log;
 mod error;
 pub mod maps;
+pub mod netlink;
 mod pacing;
 mod pod_pool;
 mod sys;
@@ -48,6 +49,9 @@ pub const FROM_ENDPOINT_PROGRAM: &str = "from_endpoint";
 pub const TO_ENDPOINT_PROGRAM: &str = "to_endpoint";
 /// A program that passes every packet: the benchmark's baseline, never attached.
 pub const BENCH_PASS_PROGRAM: &str = "bench_pass";
+/// What a bridge of host-side pod interfaces passes up to the node (TCX ingress of the
+/// bridge).
+pub const TO_HOST_PROGRAM: &str = "to_host";
 
 /// Subdirectory of the bpffs directory holding one pinned TCX link per endpoint and direction.
 const LINKS_DIR: &str = "links";
@@ -113,6 +117,7 @@ impl Dataplane {
             &[
                 FROM_ENDPOINT_PROGRAM,
                 TO_ENDPOINT_PROGRAM,
+                TO_HOST_PROGRAM,
                 BENCH_PASS_PROGRAM,
             ],
         )?;
@@ -232,6 +237,60 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Puts `to_host` on bridge `ifindex` in `netns` (TCX ingress: what the bridge passes up to
+    /// the node), with a pinned link; swaps the program on a restart. Idempotent.
+    pub fn attach_bridge(&mut self, netns: &Path, ifindex: u32) -> Result<(), DataplaneError> {
+        let ifname = netns::run_in(netns, || {
+            nix::net::if_::if_indextoname(ifindex).map(|n| n.to_string_lossy().into_owned())
+        })?
+        .map_err(|source| DataplaneError::NoInterface {
+            ifname: format!("#{ifindex}"),
+            netns: netns.to_owned(),
+            source,
+        })?;
+        let pin = bridge_pin_path(&self.bpffs, ifindex);
+        attach_pinned(
+            &mut self.ebpf,
+            &pin,
+            TO_HOST_PROGRAM,
+            netns,
+            &ifname,
+            TcAttachType::Ingress,
+        )
+    }
+
+    /// The bridges `to_host` is pinned on whose link is still attached, by interface index.
+    pub fn attached_bridges(&self) -> Vec<u32> {
+        self.bridge_pins()
+            .into_iter()
+            .filter(|(_, pin)| link_is_live(pin))
+            .map(|(ifindex, _)| ifindex)
+            .collect()
+    }
+
+    /// Removes the `to_host` links of bridges that are gone, or that `keep` does not list.
+    pub fn release_bridges(&mut self, keep: &[u32]) -> Result<(), DataplaneError> {
+        for (ifindex, pin) in self.bridge_pins() {
+            if !keep.contains(&ifindex) || !link_is_live(&pin) {
+                detach_pinned_link(&pin)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bridge_pins(&self) -> Vec<(u32, PathBuf)> {
+        fs::read_dir(self.bpffs.join(LINKS_DIR))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let ifindex = name.strip_prefix("bridge")?.parse().ok()?;
+                Some((ifindex, e.path()))
+            })
+            .collect()
+    }
+
     /// The endpoint ids that have pinned links.
     pub fn attached_endpoint_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = fs::read_dir(self.bpffs.join(LINKS_DIR))
@@ -264,11 +323,25 @@ fn attach_direction(
         (Direction::Ingress, AttachSide::InPod) => (TO_ENDPOINT_PROGRAM, TcAttachType::Ingress),
     };
     let pin = link_pin_path(bpffs, ep.endpoint_id, direction);
+    attach_pinned(ebpf, &pin, program_name, &ep.netns, &ep.ifname, attach_type)
+}
+
+/// Attaches `program_name` to `ifname` in `netns` at `attach_type` through a TCX link pinned
+/// at `pin`, or swaps the program inside the link already pinned there (no gap).
+fn attach_pinned(
+    ebpf: &mut Ebpf,
+    pin: &Path,
+    program_name: &'static str,
+    netns: &Path,
+    ifname: &str,
+    attach_type: TcAttachType,
+) -> Result<(), DataplaneError> {
+    let pin = pin.to_owned();
     let program = classifier_mut(ebpf, program_name)?;
     let attach_err = |source| DataplaneError::Attach {
         program: program_name,
-        ifname: ep.ifname.clone(),
-        netns: ep.netns.clone(),
+        ifname: ifname.to_owned(),
+        netns: netns.to_owned(),
         source: Box::new(source),
     };
     let existing = match PinnedLink::from_pin(&pin) {
@@ -297,17 +370,14 @@ fn attach_direction(
                     })?;
             program.attach_to_link(link).map_err(attach_err)?
         }
-        None => {
-            let ifname = ep.ifname.clone();
-            netns::run_in(&ep.netns, || {
-                program.attach_with_options(
-                    &ifname,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-            })?
-            .map_err(attach_err)?
-        }
+        None => netns::run_in(netns, || {
+            program.attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+        })?
+        .map_err(attach_err)?,
     };
     let link = program.take_link(link_id).map_err(attach_err)?;
     let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
@@ -380,6 +450,11 @@ fn link_is_live(pin: &Path) -> bool {
     sys::obj_get(pin)
         .and_then(|fd| sys::tcx_link_ifindex(&fd))
         .is_ok_and(|ifindex| ifindex != 0)
+}
+
+/// Where the `to_host` link of a bridge is pinned.
+fn bridge_pin_path(bpffs: &Path, ifindex: u32) -> PathBuf {
+    bpffs.join(LINKS_DIR).join(format!("bridge{ifindex}"))
 }
 
 /// Where the TCX link of one endpoint and direction is pinned.

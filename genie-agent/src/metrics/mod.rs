@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use genie_common::maps::{
     ADDRS_MAP, CIDRS_MAP, CONNTRACK_MAP, COUNTERS_MAP, ENDPOINTS_MAP, IDENTITIES_MAP, LIMITS_MAP,
-    MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_CONNTRACK, MAX_COUNTERS, MAX_ENDPOINTS, MAX_IDENTITIES,
-    MAX_POLICY, POLICY_MAP,
+    MAX_ADDRS, MAX_BUCKETS, MAX_CIDRS, MAX_COUNTERS, MAX_ENDPOINTS, MAX_IDENTITIES, MAX_POLICY,
+    POLICY_MAP,
 };
 
 use crate::{
@@ -148,7 +148,34 @@ pub fn render(bpffs: &Path, agent: &AgentMetrics, ready: bool) -> Result<String,
         );
     }
 
-    let conntrack = maps.conntrack.keys().filter(Result::is_ok).count();
+    let zones = maps.zones();
+    let capacities = zones.capacities().unwrap_or_default();
+    let mut per_zone: BTreeMap<u32, usize> = BTreeMap::new();
+    for (zone, _, _) in zones.flows(usize::MAX).unwrap_or_default() {
+        *per_zone.entry(zone).or_default() += 1;
+    }
+    let conntrack: usize = per_zone.values().sum();
+    let conntrack_capacity: u32 = capacities.values().sum();
+    let _ = writeln!(
+        out,
+        "# HELP genie_conntrack_entries Flows tracked in each tenant's connection-tracking table.\n# TYPE genie_conntrack_entries gauge"
+    );
+    let tenant_of_zone = |zone: u32| {
+        state
+            .identities
+            .iter()
+            .find(|(_, i)| i.ct_zone == zone)
+            .map(|(identity, _)| names.parts(*identity).0)
+            .unwrap_or_default()
+    };
+    for (zone, capacity) in &capacities {
+        let _ = writeln!(
+            out,
+            "genie_conntrack_entries{{tenant=\"{}\",zone=\"{zone}\",capacity=\"{capacity}\"}} {}",
+            escape(&tenant_of_zone(*zone)),
+            per_zone.get(zone).copied().unwrap_or(0)
+        );
+    }
     let counters = maps.counters.keys().filter(Result::is_ok).count();
     let fill = [
         (ENDPOINTS_MAP, state.endpoints.len(), MAX_ENDPOINTS),
@@ -156,7 +183,7 @@ pub fn render(bpffs: &Path, agent: &AgentMetrics, ready: bool) -> Result<String,
         (CIDRS_MAP, state.cidrs.len(), MAX_CIDRS),
         (IDENTITIES_MAP, state.identities.len(), MAX_IDENTITIES),
         (POLICY_MAP, state.policy.len(), MAX_POLICY),
-        (CONNTRACK_MAP, conntrack, MAX_CONNTRACK),
+        (CONNTRACK_MAP, conntrack, conntrack_capacity),
         (COUNTERS_MAP, counters, MAX_COUNTERS),
         (LIMITS_MAP, state.buckets.len(), MAX_BUCKETS),
     ];

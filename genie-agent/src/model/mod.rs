@@ -123,6 +123,8 @@ pub struct Tenant {
     pub name: String,
     pub namespaces: Vec<String>,
     pub quota_endpoints: Option<u32>,
+    /// The capacity of the tenant's connection-tracking table on each node.
+    pub quota_connections: Option<u32>,
     pub default_isolation: ValidIsolation,
     /// Identity of the tenant's share of the default network.
     pub default_identity: u32,
@@ -517,6 +519,14 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                 continue;
             }
         };
+        if let Some(connections) = spec.quota.as_ref().and_then(|q| q.connections)
+            && !(256..=4_194_304).contains(&connections)
+        {
+            errors.push(err(
+                "spec.quota.connections",
+                format!("{connections} is not between 256 and 4194304"),
+            ));
+        }
         if !default_isolation.allow_from.is_empty() {
             errors.push(err(
                 "spec.defaultIsolation.allowFrom",
@@ -553,6 +563,7 @@ fn validate(raws: Vec<RawObject>) -> Result<Model, ModelError> {
                 name: raw.meta.name.clone(),
                 namespaces: spec.namespaces.clone(),
                 quota_endpoints: spec.quota.as_ref().and_then(|q| q.endpoints),
+                quota_connections: spec.quota.as_ref().and_then(|q| q.connections),
                 default_isolation,
                 default_identity: identity,
                 file: raw.file.clone(),

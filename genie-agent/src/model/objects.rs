@@ -305,6 +305,11 @@ pub struct Quota {
     /// Maximum number of endpoints (pod interfaces) across the tenant's networks.
     #[serde(default)]
     pub endpoints: Option<u32>,
+    /// Flows the tenant's own connection-tracking table holds on each node (default 65536,
+    /// about 7 MiB of kernel memory). A flood of new flows evicts only the tenant's own.
+    #[serde(default)]
+    #[schemars(range(min = 256, max = 4194304))]
+    pub connections: Option<u32>,
 }
 
 /// The pod interfaces one node's agent enforces, published by that agent so the other nodes

@@ -9,10 +9,11 @@ use std::{
 
 use genie_common::{
     Direction, EndpointInfo,
-    identity::{DNS, HOST},
+    identity::{BROADCAST, DNS, HOST},
     maps::{
-        AddrInfo, CidrInfo, IdentityInfo, IpAddr16, MAX_PORT_RANGES, NAME_LEN, PolicyKey,
-        PolicyValue, PortRange, identity_flags,
+        AddrInfo, CidrInfo, DEFAULT_ZONE_CONNECTIONS, IdentityInfo, IpAddr16, MAX_CT_ZONES,
+        MAX_PORT_RANGES, NAME_LEN, PolicyKey, PolicyValue, PortRange, UNOWNED_CT_ZONE,
+        endpoint_flags, identity_flags,
     },
     policy::proto,
     ratelimit::{BucketConfig, BucketKey, kind, limit_flags},
@@ -20,6 +21,7 @@ use genie_common::{
 use ipnet::IpNet;
 
 use crate::{
+    dataplane::AttachSide,
     endpoint::Endpoint,
     model::{DEFAULT_NETWORK, Model, ValidIsolation, ValidPortRule, unowned_default_identity},
 };
@@ -29,6 +31,9 @@ use crate::{
 pub struct NodeInfo {
     /// Addresses of this node and of every other node (each becomes a /32 or /128 HOST entry).
     pub host_addresses: Vec<IpAddr>,
+    /// This node's own addresses with their prefixes: the network and broadcast addresses of
+    /// its IPv4 prefixes are directed broadcasts.
+    pub host_prefixes: Vec<IpNet>,
     /// Further CIDRs that count as HOST.
     pub host_cidrs: Vec<IpNet>,
     /// Cluster DNS service addresses.
@@ -61,6 +66,38 @@ pub struct DesiredState {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Rate-limit buckets by their configuration (their running state is the kernel's).
     pub buckets: BTreeMap<BucketKey, BucketConfig>,
+    /// Connection-tracking zones that have endpoints here → their table's capacity.
+    pub ct_zones: BTreeMap<u32, u32>,
+}
+
+/// Connection-tracking zones by tenant name (`""`: the namespaces of no tenant).
+pub type ZoneAssignment = BTreeMap<String, u32>;
+
+/// Gives every tenant of `model` a zone: the one it had in `previous` (zones must not move
+/// while flows are tracked in them), otherwise the lowest free one. Namespaces of no tenant
+/// have zone 0. Tenants beyond the node's zones share the last one (and are logged by the
+/// agent).
+pub fn assign_zones(model: &Model, previous: &ZoneAssignment) -> ZoneAssignment {
+    let mut out = ZoneAssignment::new();
+    out.insert(String::new(), UNOWNED_CT_ZONE);
+    for tenant in model.tenants.keys() {
+        if let Some(zone) = previous.get(tenant).filter(|z| **z != UNOWNED_CT_ZONE) {
+            out.insert(tenant.clone(), *zone);
+        }
+    }
+    let mut used: BTreeSet<u32> = out.values().copied().collect();
+    let mut next = 1;
+    for tenant in model.tenants.keys() {
+        if out.contains_key(tenant) {
+            continue;
+        }
+        while used.contains(&next) && next < MAX_CT_ZONES - 1 {
+            next += 1;
+        }
+        used.insert(next);
+        out.insert(tenant.clone(), next);
+    }
+    out
 }
 
 /// An address in the maps' 16-byte form.
@@ -159,8 +196,14 @@ fn add_rules(
 
 /// Computes the desired map contents. Endpoints whose network or tenant no longer allows them
 /// are left out: their interfaces then drop everything (fail closed).
-pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> DesiredState {
+pub fn desired_state(
+    model: &Model,
+    endpoints: &[Endpoint],
+    node: &NodeInfo,
+    zones: &ZoneAssignment,
+) -> DesiredState {
     let mut state = DesiredState::default();
+    let zone_of = |tenant: &str| zones.get(tenant).copied().unwrap_or(UNOWNED_CT_ZONE);
 
     // Identities: every logical network, every tenant's default network, the unowned default.
     // (identity, tenant, network name, isolation) of every source of flows.
@@ -170,6 +213,7 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
             net.identity,
             IdentityInfo {
                 flags: isolation_flags(&net.isolation),
+                ct_zone: zone_of(&net.tenant),
                 tenant: name_bytes(&net.tenant),
                 network: name_bytes(&net.name),
             },
@@ -190,6 +234,7 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
             tenant.default_identity,
             IdentityInfo {
                 flags: isolation_flags(&tenant.default_isolation),
+                ct_zone: zone_of(&tenant.name),
                 tenant: name_bytes(&tenant.name),
                 network: name_bytes(DEFAULT_NETWORK),
             },
@@ -213,6 +258,7 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
         unowned_default_identity(),
         IdentityInfo {
             flags: isolation_flags(&unowned_isolation),
+            ct_zone: UNOWNED_CT_ZONE,
             tenant: name_bytes(""),
             network: name_bytes(DEFAULT_NETWORK),
         },
@@ -261,7 +307,15 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
         );
     }
 
-    // Endpoints that still have a valid identity.
+    // Endpoints that still have a valid identity, each with its tenant's conntrack zone.
+    let capacity = |zone: u32| {
+        model
+            .tenants
+            .values()
+            .find(|t| zone_of(&t.name) == zone && zone != UNOWNED_CT_ZONE)
+            .and_then(|t| t.quota_connections)
+            .unwrap_or(DEFAULT_ZONE_CONNECTIONS)
+    };
     for ep in endpoints {
         let identity = match ep.recovered {
             // Enforced as it was found, while its identity still exists.
@@ -274,7 +328,16 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
                 Err(_) => continue,
             },
         };
+        let ct_zone = state.identities[&identity].ct_zone;
+        state
+            .ct_zones
+            .entry(ct_zone)
+            .or_insert_with(|| capacity(ct_zone));
         let limits = endpoint_buckets(model, ep, identity, &mut state.buckets);
+        let mut flags = 0;
+        if ep.request.side == AttachSide::Host && ep.bridge.is_none() {
+            flags |= endpoint_flags::GROUP_TO_HOST;
+        }
         state.endpoints.insert(
             ep.map_key(),
             EndpointInfo {
@@ -282,17 +345,41 @@ pub fn desired_state(model: &Model, endpoints: &[Endpoint], node: &NodeInfo) -> 
                 identity,
                 mac: ep.mac_bytes(),
                 limits,
-                _pad: 0,
+                flags,
+                ct_zone,
             },
         );
-        for ip in &ep.request.ips {
+        let link_local = ep.link_local.iter().map(|a| IpAddr::V6(*a));
+        for ip in ep.request.ips.iter().copied().chain(link_local) {
             state.addrs.insert(
-                addr16(*ip),
+                addr16(ip),
                 AddrInfo {
                     identity,
                     endpoint_id: ep.id,
                 },
             );
+        }
+    }
+    // IPv4 directed broadcasts (RFC 919, RFC 922): the network and broadcast addresses of
+    // every logical subnet and of the node's own prefixes. Traffic to them is broadcast.
+    let v4_prefixes = model
+        .logical
+        .values()
+        .flat_map(|n| n.subnets.iter())
+        .chain(&node.host_prefixes)
+        .filter_map(|net| match net {
+            IpNet::V4(v4) if v4.prefix_len() <= 30 => Some(*v4),
+            _ => None,
+        });
+    for net in v4_prefixes {
+        for ip in [net.network(), net.broadcast()] {
+            state
+                .addrs
+                .entry(addr16(IpAddr::V4(ip)))
+                .or_insert(AddrInfo {
+                    identity: BROADCAST,
+                    endpoint_id: 0,
+                });
         }
     }
     // Remote endpoints never displace a local one (anti-spoofing keys on it), and only an

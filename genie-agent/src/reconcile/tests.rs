@@ -52,6 +52,8 @@ fn endpoint(id: u32, network: &str, ip: &str) -> Endpoint {
         ifindex: 100 + id,
         pod_key: 0,
         recovered: None,
+        bridge: Some(1),
+        link_local: Vec::new(),
         request: EndpointRequest {
             pod: format!("pod{id}"),
             namespace: "red".to_owned(),
@@ -88,6 +90,7 @@ fn the_desired_maps_follow_the_objects() {
     );
     let node = NodeInfo {
         host_addresses: vec!["198.18.1.1".parse().unwrap()],
+        host_prefixes: vec!["198.18.1.1/24".parse().unwrap()],
         host_cidrs: vec![],
         dns_addresses: vec!["198.18.200.10".parse().unwrap()],
         remote_endpoints: vec![],
@@ -99,6 +102,7 @@ fn the_desired_maps_follow_the_objects() {
             endpoint(2, "default", "198.18.9.9"),
         ],
         &node,
+        &assign_zones(&m, &ZoneAssignment::new()),
     );
 
     assert_eq!(state.endpoints[&101].identity, a);
@@ -156,7 +160,7 @@ fn endpoints_of_a_removed_network_lose_their_record() {
     let m = model(OBJECTS);
     let eps = [endpoint(1, "b", "198.18.2.11")];
     assert!(
-        desired_state(&m, &eps, &NodeInfo::default())
+        desired_state(&m, &eps, &NodeInfo::default(), &ZoneAssignment::new())
             .endpoints
             .contains_key(&101)
     );
@@ -164,7 +168,12 @@ fn endpoints_of_a_removed_network_lose_their_record() {
         "---\napiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {name: b}\nspec: {tenant: red, subnet: 198.18.2.0/24, isolation: {allowHostAccess: true, allowExternal: false}}\n",
         "",
     ));
-    let state = desired_state(&without_b, &eps, &NodeInfo::default());
+    let state = desired_state(
+        &without_b,
+        &eps,
+        &NodeInfo::default(),
+        &ZoneAssignment::new(),
+    );
     assert!(
         state.endpoints.is_empty(),
         "its interface now drops everything (fail closed)"
@@ -197,7 +206,12 @@ spec:
     });
     let other = endpoint(2, "shared", "198.18.9.11");
     let plain = endpoint(3, "a", "198.18.1.10");
-    let s = desired_state(&m, &[own, other, plain], &NodeInfo::default());
+    let s = desired_state(
+        &m,
+        &[own, other, plain],
+        &NodeInfo::default(),
+        &ZoneAssignment::new(),
+    );
     let net = m.logical["shared"].identity;
     let flags = |id: u32| s.endpoints[&(100 + id)].limits;
     use genie_common::ratelimit::limit_flags::*;
@@ -237,4 +251,67 @@ spec:
         BucketConfig::qps(20, 0)
     );
     assert_eq!(s.buckets.len(), 4, "shared buckets exist once");
+}
+
+#[test]
+fn every_tenant_gets_its_own_conntrack_zone_and_keeps_it() {
+    let m = model(&format!(
+        "{OBJECTS}---\napiVersion: genie.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: blue}}\nspec: {{namespaces: [blue], quota: {{connections: 4096}}}}\n"
+    ));
+    let zones = assign_zones(&m, &ZoneAssignment::new());
+    assert_eq!(zones[""], UNOWNED_CT_ZONE);
+    assert_ne!(zones["red"], zones["blue"]);
+    assert!(zones["red"] != UNOWNED_CT_ZONE && zones["blue"] != UNOWNED_CT_ZONE);
+    // A tenant keeps its zone; a new one gets a free one.
+    let previous = ZoneAssignment::from([("blue".to_owned(), 7)]);
+    let again = assign_zones(&m, &previous);
+    assert_eq!(again["blue"], 7);
+    assert!(again["red"] != 7 && again["red"] != UNOWNED_CT_ZONE);
+
+    let mut blue = endpoint(2, "default", "198.18.9.9");
+    blue.request.namespace = "blue".to_owned();
+    let eps = [endpoint(1, "a", "198.18.1.11"), blue];
+    let s = desired_state(&m, &eps, &NodeInfo::default(), &again);
+    assert_eq!(s.endpoints[&101].ct_zone, again["red"]);
+    assert_eq!(s.endpoints[&102].ct_zone, 7);
+    assert_eq!(
+        s.ct_zones,
+        BTreeMap::from([
+            (again["red"], genie_common::maps::DEFAULT_ZONE_CONNECTIONS),
+            (7, 4096)
+        ])
+    );
+    assert_eq!(s.identities[&m.tenants["blue"].default_identity].ct_zone, 7);
+}
+
+#[test]
+fn directed_broadcasts_and_link_local_addresses_are_classified() {
+    let m = model(OBJECTS);
+    let node = NodeInfo {
+        host_prefixes: vec!["198.18.50.1/24".parse().unwrap()],
+        ..NodeInfo::default()
+    };
+    let mut ep = endpoint(1, "a", "198.18.1.11");
+    ep.link_local = vec!["fe80::1".parse().unwrap()];
+    ep.bridge = None;
+    let s = desired_state(&m, &[ep], &node, &assign_zones(&m, &ZoneAssignment::new()));
+    for broadcast in ["198.18.1.0", "198.18.1.255", "198.18.50.0", "198.18.50.255"] {
+        assert_eq!(
+            s.addrs[&addr16(broadcast.parse().unwrap())].identity,
+            genie_common::identity::BROADCAST,
+            "{broadcast}"
+        );
+    }
+    assert_eq!(
+        s.addrs[&addr16("fe80::1".parse().unwrap())],
+        AddrInfo {
+            identity: m.logical["a"].identity,
+            endpoint_id: 1
+        }
+    );
+    assert_eq!(
+        s.endpoints[&101].flags,
+        genie_common::maps::endpoint_flags::GROUP_TO_HOST,
+        "a host side in no bridge decides its group traffic's host access itself"
+    );
 }

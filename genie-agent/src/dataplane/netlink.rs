@@ -1,0 +1,126 @@
+//! What the agent asks rtnetlink about interfaces: whether a host-side interface is a bridge
+//! port (broadcast it carries then reaches the node through the bridge, where `to_host`
+//! decides), and the IPv6 link-local addresses of a pod's interface.
+
+use std::{net::Ipv6Addr, path::Path};
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::DataplaneError;
+use crate::netns;
+
+/// One `RTM_GETLINK` for `index` in the caller's namespace.
+fn get_link(index: u32) -> std::io::Result<LinkMessage> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    let mut packet = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(request)),
+    );
+    packet.header.flags = NLM_F_REQUEST;
+    packet.header.sequence_number = 1;
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut answer = vec![0; 65_536];
+    let size = socket.recv(&mut &mut answer[..], 0)?;
+    let message: NetlinkMessage<RouteNetlinkMessage> =
+        NetlinkMessage::deserialize(&answer[..size]).map_err(std::io::Error::other)?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Ok(link),
+        NetlinkPayload::Error(e) => Err(e.code.map_or_else(
+            || std::io::Error::other("netlink error"),
+            |c| std::io::Error::from_raw_os_error(-c.get()),
+        )),
+        other => Err(std::io::Error::other(format!(
+            "unexpected netlink answer {other:?}"
+        ))),
+    }
+}
+
+fn is_bridge(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| {
+        matches!(a, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
+    })
+}
+
+/// The bridge interface `ifindex` (in the namespace at `netns_path`) is a port of, if any.
+pub fn bridge_of(netns_path: &Path, ifindex: u32) -> Result<Option<u32>, DataplaneError> {
+    let found = netns::run_in(netns_path, || -> std::io::Result<Option<u32>> {
+        let link = get_link(ifindex)?;
+        let master = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Controller(index) => Some(*index),
+            _ => None,
+        });
+        match master {
+            Some(master) if is_bridge(&get_link(master)?) => Ok(Some(master)),
+            _ => Ok(None),
+        }
+    })?;
+    found.map_err(|source| DataplaneError::Netlink {
+        what: format!("the master of interface {ifindex}"),
+        source,
+    })
+}
+
+/// The EUI-64 link-local address of a MAC (RFC 4291 §2.5.1, Appendix A): what the kernel
+/// gives an interface unless told to generate addresses otherwise.
+pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+/// The link-local addresses interface `ifname` has in the namespace at `netns_path` (none
+/// when the namespace or interface cannot be read).
+pub fn link_local_addresses(netns_path: &Path, ifname: &str) -> Vec<Ipv6Addr> {
+    netns::run_in(netns_path, || {
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        addrs
+            .filter(|a| a.interface_name == ifname)
+            .filter_map(|a| a.address?.as_sockaddr_in6().map(|v6| v6.ip()))
+            .filter(Ipv6Addr::is_unicast_link_local)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eui64_follows_rfc_4291() {
+        assert_eq!(
+            eui64_link_local([0x02, 0x67, 0x00, 0x00, 0x01, 0x05]),
+            "fe80::67:ff:fe00:105".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+}
