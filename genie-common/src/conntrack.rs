@@ -1,4 +1,4 @@
-//! Connection-tracking helpers shared by the programs and the reference model.
+//! Connection-tracking helpers of the programs (key, timeouts), unit-tested here.
 
 use crate::{
     maps::{CtKey, IpAddr16, ct_flags},

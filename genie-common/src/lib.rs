@@ -3,7 +3,8 @@
 //! Every type that crosses the kernel/user boundary lives here once: `#[repr(C)]`, explicit
 //! padding, no `bool` or `Option`, and a size assertion, so the eBPF object, the agent and
 //! `bpftool` (through BTF) agree on every byte (DESIGN.md §4). The verdict rules live here too,
-//! as pure functions that the programs and the user-space reference model both call.
+//! as pure functions the programs call; the reference model the property test compares them
+//! with is written independently (`genie_tests::reference`), so a rule bug cannot be in both.
 #![no_std]
 
 pub mod conntrack;
@@ -12,8 +13,6 @@ pub mod maps;
 pub mod policy;
 pub mod ratelimit;
 pub mod reason;
-#[cfg(any(feature = "user", test))]
-pub mod reference;
 
 pub use maps::{CounterKey, CounterValue, EndpointInfo};
 pub use reason::{Direction, Reason};

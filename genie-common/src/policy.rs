@@ -1,6 +1,6 @@
-//! The verdict rules of DESIGN.md §3 as pure functions. The eBPF programs call them with map
-//! lookups; the user-space reference model calls them with its own tables, and the property
-//! test requires both to agree packet by packet.
+//! The verdict rules of DESIGN.md §3 as pure functions, which the eBPF programs call with map
+//! lookups. The property test checks them packet by packet against a reference model written
+//! independently from the README (`genie_tests::reference`).
 
 use crate::{
     identity::{DNS, HOST, WORLD},

@@ -16,6 +16,7 @@ pub mod packet;
 pub mod probe;
 pub mod prometheus;
 pub mod rbac;
+pub mod reference;
 pub mod topology;
 pub mod traffic;
 

@@ -280,7 +280,9 @@ impl TestNode {
             netns: self.topo.node().path(),
             side: genie_agent::dataplane::AttachSide::Host,
             pod_netns: Some(pod.netns.path()),
-            ips: vec![IpAddr::V4(pod.ipv4)],
+            ips: std::iter::once(IpAddr::V4(pod.ipv4))
+                .chain(pod.ipv6.map(IpAddr::V6))
+                .collect(),
             mac: Some(pod.mac_string()),
             bandwidth: None,
             container_id: None,

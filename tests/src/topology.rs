@@ -113,6 +113,10 @@ pub struct Pod {
     pub host_ifname: String,
     /// The pod's default gateway (the node's address on the pod's subnet).
     pub gateway: Ipv4Addr,
+    /// Address of `eth0` on a dual-stack topology (`2001:db8:<subnet>::<host>`).
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// The node's IPv6 address on the pod's subnet (dual stack).
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 impl Pod {
@@ -146,6 +150,13 @@ impl Topology {
         Self::build(false)
     }
 
+    /// A dual-stack node: IPv6 on in every namespace, each pod also gets
+    /// `2001:db8:<subnet>::<host>/64` and the node `2001:db8:<subnet>::1`. Neighbours are
+    /// resolved for real (ND over genie's programs), not preset.
+    pub fn dual_stack() -> Result<Self> {
+        Self::build(true)
+    }
+
     fn build(ipv6: bool) -> Result<Self> {
         crate::require_root();
         names::sweep_dead_runs();
@@ -164,7 +175,15 @@ impl Topology {
             "mcast_snooping",
             "0",
         ])?;
-        node.ip(&["link", "set", "br0", "multicast", "off", "up"])?;
+        // IPv6 neighbour discovery needs multicast.
+        node.ip(&[
+            "link",
+            "set",
+            "br0",
+            "multicast",
+            if ipv6 { "on" } else { "off" },
+            "up",
+        ])?;
         let bpffs = Path::new(names::BPFFS_ROOT).join(&base);
         Ok(Self {
             base,
@@ -228,10 +247,25 @@ impl Topology {
                 "dev",
                 "br0",
             ])?;
+            if self.ipv6 {
+                self.node.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("2001:db8:{subnet:x}::1/64"),
+                    "dev",
+                    "br0",
+                    "nodad",
+                ])?;
+            }
             if self.subnets.is_empty() {
                 // Routing between pod subnets happens in the node namespace only.
                 self.node
                     .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                if self.ipv6 {
+                    self.node
+                        .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+                }
             }
             self.subnets.push(subnet);
         }
@@ -242,6 +276,14 @@ impl Topology {
             mac: [0x02, 0x67, 0x00, 0x00, 0x01, index],
             host_ifname: format!("gv{index}"),
             gateway,
+            ipv6: self
+                .ipv6
+                .then(|| format!("2001:db8:{subnet:x}::{:x}", 10 + u16::from(index)).parse())
+                .transpose()?,
+            gateway6: self
+                .ipv6
+                .then(|| format!("2001:db8:{subnet:x}::1").parse())
+                .transpose()?,
             netns,
         };
         let mac = mac_string(pod.mac);
@@ -259,6 +301,7 @@ impl Topology {
             "netns",
             pod.netns.name(),
         ])?;
+        let multicast = if self.ipv6 { "on" } else { "off" };
         self.node.ip(&[
             "link",
             "set",
@@ -266,7 +309,7 @@ impl Topology {
             "master",
             "br0",
             "multicast",
-            "off",
+            multicast,
             "up",
         ])?;
         pod.netns.ip(&[
@@ -276,8 +319,24 @@ impl Topology {
             "dev",
             "eth0",
         ])?;
-        pod.netns
-            .ip(&["link", "set", "eth0", "multicast", "off", "up"])?;
+        if let (Some(v6), Some(gw6)) = (pod.ipv6, pod.gateway6) {
+            pod.netns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            pod.netns
+                .ip(&["link", "set", "eth0", "multicast", multicast, "up"])?;
+            pod.netns
+                .ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+        } else {
+            pod.netns
+                .ip(&["link", "set", "eth0", "multicast", multicast, "up"])?;
+        }
         pod.netns
             .ip(&["route", "add", "default", "via", &gateway.to_string()])?;
 

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -21,6 +21,35 @@ pub trait Reachable: Sync {
     fn label(&self) -> &str;
     fn netns(&self) -> &Netns;
     fn ipv4(&self) -> Ipv4Addr;
+    /// The address traffic is sent to (and bound at): the IPv4 one unless said otherwise.
+    fn address(&self) -> IpAddr {
+        IpAddr::V4(self.ipv4())
+    }
+}
+
+/// A namespace at any one of its addresses (IPv6 included).
+#[derive(Debug, Clone, Copy)]
+pub struct AtIp<'a> {
+    pub netns: &'a Netns,
+    pub ip: IpAddr,
+}
+
+impl Reachable for AtIp<'_> {
+    fn label(&self) -> &str {
+        "address"
+    }
+    fn netns(&self) -> &Netns {
+        self.netns
+    }
+    fn ipv4(&self) -> Ipv4Addr {
+        match self.ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+    fn address(&self) -> IpAddr {
+        self.ip
+    }
 }
 
 impl Reachable for Pod {
@@ -51,6 +80,9 @@ impl<T: Reachable + ?Sized> Reachable for &T {
     }
     fn ipv4(&self) -> Ipv4Addr {
         (**self).ipv4()
+    }
+    fn address(&self) -> IpAddr {
+        (**self).address()
     }
 }
 
@@ -113,7 +145,7 @@ where
 /// thread.
 fn connect_from(
     from: &(impl Reachable + ?Sized),
-    to: Ipv4Addr,
+    to: IpAddr,
     port: u16,
 ) -> Result<std::io::Result<TcpStream>> {
     Ok(netns::run_in(&from.netns().path(), move || {
@@ -130,7 +162,7 @@ pub fn udp(
     count: usize,
     payload_len: usize,
 ) -> Result<usize> {
-    let to_ip = to.ipv4();
+    let to_ip = to.address();
     let receiver = serve_in(
         to.netns(),
         "UDP receiver",
@@ -161,7 +193,10 @@ pub fn udp(
         },
     )?;
     netns::run_in(&from.netns().path(), move || -> Result<()> {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let socket = match to_ip {
+            IpAddr::V4(_) => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+            IpAddr::V6(_) => UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?,
+        };
         let payload = vec![0x5au8; payload_len];
         for _ in 0..count {
             socket.send_to(&payload, (to_ip, port))?;
@@ -185,11 +220,12 @@ pub fn tcp_echo(
     port: u16,
 ) -> Result<bool> {
     let _server = EchoServer::start(to, port)?;
-    tcp_connect_echo(from, to.ipv4(), port)
+    tcp_connect_echo(from, to.address(), port)
 }
 
 /// Sends `count` ICMP echo requests from `from` to `to` and returns how many replies came back.
-pub fn ping(from: &(impl Reachable + ?Sized), to: Ipv4Addr, count: u32) -> Result<u32> {
+pub fn ping(from: &(impl Reachable + ?Sized), to: impl Into<IpAddr>, count: u32) -> Result<u32> {
+    let to: IpAddr = to.into();
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", from.netns().name(), "ping", "-q", "-n"])
         .args(["-c", &count.to_string(), "-i", "0.05", "-W", "1"])
@@ -221,7 +257,7 @@ impl EchoConnection {
         to: &(impl Reachable + ?Sized),
         port: u16,
     ) -> Result<Self> {
-        let to_ip = to.ipv4();
+        let to_ip = to.address();
         let server = serve_in(
             to.netns(),
             "echo server",
@@ -302,7 +338,7 @@ impl Stream {
         interval: Duration,
     ) -> Result<Self> {
         use std::sync::{Arc, atomic::AtomicBool};
-        let to_ip = to.ipv4();
+        let to_ip = to.address();
         let receiver = serve_in(
             to.netns(),
             "stream receiver",
@@ -392,7 +428,7 @@ impl EchoServer {
             Arc,
             atomic::{AtomicBool, Ordering},
         };
-        let ip = at.ipv4();
+        let ip = at.address();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let handle = serve_in(
@@ -444,8 +480,12 @@ impl Drop for EchoServer {
 
 /// Connects from `from` to `to:port`, sends a message and reads the echo (needs an
 /// [`EchoServer`] there). Returns whether the exchange completed.
-pub fn tcp_connect_echo(from: &(impl Reachable + ?Sized), to: Ipv4Addr, port: u16) -> Result<bool> {
-    let Ok(mut stream) = connect_from(from, to, port)? else {
+pub fn tcp_connect_echo(
+    from: &(impl Reachable + ?Sized),
+    to: impl Into<IpAddr>,
+    port: u16,
+) -> Result<bool> {
+    let Ok(mut stream) = connect_from(from, to.into(), port)? else {
         return Ok(false);
     };
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -498,7 +538,7 @@ pub fn iperf3(
             "-1",
             "-J",
         ])
-        .args(["-B", &to.ipv4().to_string(), "-p", &port.to_string()])
+        .args(["-B", &to.address().to_string(), "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -508,7 +548,7 @@ pub fn iperf3(
     for _ in 0..50 {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", from.netns().name(), "iperf3", "-J"])
-            .args(["-c", &to.ipv4().to_string(), "-p", &port.to_string()])
+            .args(["-c", &to.address().to_string(), "-p", &port.to_string()])
             .args(["-t", &seconds.to_string(), "--get-server-output"])
             .args(&udp)
             .output()
