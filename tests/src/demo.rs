@@ -389,7 +389,9 @@ impl Tour {
             configured: DB_INGRESS_BITS,
             measured: run.bits_per_second,
             unit: "bit/s",
-            note: format!("{} retransmits", run.retransmits),
+            note: run
+                .retransmits
+                .map_or_else(String::new, |n| format!("{n} retransmits")),
         })
     }
 

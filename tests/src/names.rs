@@ -66,13 +66,17 @@ pub fn list_dir(dir: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// What this process still has: namespaces and bpffs directories with its pid.
+/// What this process still has: namespaces, bpffs directories and temporary directories with
+/// its pid.
 pub fn leftovers_of_this_process() -> Vec<PathBuf> {
     let mine = format!("{PREFIX}{}-", std::process::id());
     let mut left = Vec::new();
+    let tmp = std::env::temp_dir();
+    let tmp = tmp.to_string_lossy();
     for (dir, names) in [
         ("/run/netns", list_dir("/run/netns")),
         (BPFFS_ROOT, list_dir(BPFFS_ROOT)),
+        (tmp.as_ref(), list_dir(&tmp)),
     ] {
         left.extend(
             names

@@ -315,11 +315,26 @@ impl TestNode {
     /// Waits until the pinned limits map holds exactly `want` buckets (a changed limit has
     /// been applied).
     pub fn wait_for_buckets(&self, what: &str, want: usize) -> Result<()> {
+        self.wait_for_limits(what, |buckets| buckets.len() == want)
+    }
+
+    /// Waits until the pinned limits map satisfies `check` (a changed limit has been applied,
+    /// told apart from the one before by what the buckets say, not only by their number).
+    pub fn wait_for_limits(
+        &self,
+        what: &str,
+        check: impl Fn(
+            &std::collections::BTreeMap<
+                genie_common::ratelimit::BucketKey,
+                genie_common::ratelimit::BucketConfig,
+            >,
+        ) -> bool,
+    ) -> Result<()> {
         let bpffs = self.bpffs().to_owned();
         self.wait_for(what, || {
             genie_agent::dataplane::PinnedMaps::open(&bpffs)
                 .and_then(|m| m.read_state())
-                .is_ok_and(|s| s.buckets.len() == want)
+                .is_ok_and(|s| check(&s.buckets))
         })
     }
 }

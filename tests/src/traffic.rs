@@ -503,8 +503,9 @@ pub struct IperfReport {
     pub bits_per_second: f64,
     /// Goodput in the first second, bits/s.
     pub first_second: f64,
-    /// TCP retransmissions the sender counted.
-    pub retransmits: u64,
+    /// TCP retransmissions the sender counted (`None` for UDP, which has none to count; a TCP
+    /// report without them is an error, not zero).
+    pub retransmits: Option<u64>,
     /// Goodput of each second as the receiver counted it, bits/s.
     pub intervals: Vec<f64>,
 }
@@ -587,9 +588,17 @@ pub fn iperf3(
     Ok(IperfReport {
         bits_per_second: number(&report["end"]["sum_received"]["bits_per_second"]),
         first_second: intervals.first().copied().unwrap_or(0.0),
-        retransmits: report["end"]["sum_sent"]["retransmits"]
-            .as_u64()
-            .unwrap_or(0),
+        retransmits: match (
+            udp_bits_per_second,
+            report["end"]["sum_sent"]["retransmits"].as_u64(),
+        ) {
+            (Some(_), _) => None,
+            (None, Some(n)) => Some(n),
+            (None, None) => anyhow::bail!(
+                "iperf3's TCP report has no retransmit count: {}",
+                report["end"]["sum_sent"]
+            ),
+        },
         intervals,
     })
 }

@@ -257,11 +257,11 @@ pub fn run() -> Result<()> {
             genie.report.bits_per_second / 1e6,
             genie.report.bits_per_second / limit,
             genie.report.first_second / limit,
-            genie.report.retransmits,
+            genie.report.retransmits.unwrap_or(0),
             reference.report.bits_per_second / 1e6,
             reference.report.bits_per_second / limit,
             reference.report.first_second / limit,
-            reference.report.retransmits,
+            reference.report.retransmits.unwrap_or(0),
             genie.cpu_seconds_per_gbit / reference.cpu_seconds_per_gbit.max(1e-9),
         );
     }
