@@ -445,3 +445,25 @@ fn concurrent_adds_share_the_last_quota_exactly() {
         }
     }
 }
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn pins_of_another_layout_refuse_the_start_and_stay() {
+    let node = TestNode::new(Topology::new().unwrap(), OBJECTS).unwrap();
+    // An endpoint table as an older genie pinned it: 16-byte records.
+    genie_agent::dataplane::bpffs::ensure_on_bpffs(node.bpffs()).unwrap();
+    fs::create_dir_all(node.bpffs()).unwrap();
+    let old: aya::maps::HashMap<aya::maps::MapData, u32, [u8; 16]> =
+        aya::maps::HashMap::create(16, 0).unwrap();
+    let pin = node.bpffs().join("genie_endpoints");
+    old.pin(&pin).unwrap();
+    let error = node.spawn_agent().unwrap_err().to_string();
+    assert!(
+        error.contains("another layout")
+            && error.contains("genie_endpoints")
+            && error.contains("genie agent cleanup"),
+        "{error}"
+    );
+    assert!(!error.contains("Verifier output"), "{error}");
+    assert!(pin.exists(), "the old pin was left as it was");
+}

@@ -15,6 +15,9 @@ use crate::netns::NetnsError;
 /// What can go wrong loading, attaching or reading the dataplane.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// The maps pinned on the node do not have the layout of this genie's object.
+    #[error("{message}")]
+    Layout { message: String },
     /// rtnetlink could not answer a question about an interface.
     #[error("asking rtnetlink for {what}: {source}")]
     Netlink {

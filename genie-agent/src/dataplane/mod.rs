@@ -10,6 +10,7 @@ pub mod bpffs;
 mod counters;
 mod ebpf_log;
 mod error;
+mod layout;
 pub mod maps;
 pub mod netlink;
 mod pacing;
@@ -108,6 +109,7 @@ impl Dataplane {
                 source,
             })?;
         }
+        layout::check_pins(bpffs, object)?;
         let log_level = ebpf_log::load_level();
         let mut ebpf = load_instance(
             bpffs,
