@@ -478,17 +478,7 @@ fn two_nodes_enforce_isolation_between_them() {
     )
     .unwrap();
     wait_until("n1 classifies n2's address as HOST", || {
-        genie_agent::dataplane::PinnedMaps::open(n1.node.bpffs())
-            .unwrap()
-            .read_state()
-            .unwrap()
-            .cidrs
-            .get(&(
-                128,
-                genie_common::maps::IpAddr16::from_v4([198, 19, 254, 2]),
-            ))
-            .map(|c| c.identity)
-            == Some(genie_common::identity::HOST)
+        host_entry(&n1.node, [198, 19, 254, 2]) == Some(genie_common::identity::HOST)
     });
 
     // A pod created on n2 changes what n1 enforces; deleting it changes it back.
@@ -500,6 +490,18 @@ fn two_nodes_enforce_isolation_between_them() {
     n2.del_pod("blue", "b3");
     wait_until("n1 forgets the deleted pod", || n1.identity_of(b3) == 0);
     assert_rbac_covers(&api);
+}
+
+/// The identity `node`'s CIDR map gives the /32 of `ip`, if it has one (node addresses are
+/// HOST).
+fn host_entry(node: &TestNode, ip: [u8; 4]) -> Option<u32> {
+    genie_agent::dataplane::PinnedMaps::open(node.bpffs())
+        .unwrap()
+        .read_state()
+        .unwrap()
+        .cidrs
+        .get(&(128, genie_common::maps::IpAddr16::from_v4(ip)))
+        .map(|c| c.identity)
 }
 
 /// The address map entry of `ip` on `node` (its identity), if any.
@@ -527,17 +529,7 @@ fn remote_identities_come_only_from_what_genie_publishes() {
     .unwrap();
     let mut n1 = ClusterNode::new(&api, "n1", "198.18.20.0/24");
     wait_until("n1 classifies n2's address as HOST", || {
-        genie_agent::dataplane::PinnedMaps::open(n1.node.bpffs())
-            .unwrap()
-            .read_state()
-            .unwrap()
-            .cidrs
-            .get(&(
-                128,
-                genie_common::maps::IpAddr16::from_v4([198, 19, 254, 2]),
-            ))
-            .map(|c| c.identity)
-            == Some(genie_common::identity::HOST)
+        host_entry(&n1.node, [198, 19, 254, 2]) == Some(genie_common::identity::HOST)
     });
 
     // Anyone who may edit a pod may write its network-status: it gives no identity, neither to
@@ -555,15 +547,7 @@ fn remote_identities_come_only_from_what_genie_publishes() {
     )
     .unwrap();
     wait_until("n1 classifies n3's address as HOST", || {
-        genie_agent::dataplane::PinnedMaps::open(n1.node.bpffs())
-            .unwrap()
-            .read_state()
-            .unwrap()
-            .cidrs
-            .contains_key(&(
-                128,
-                genie_common::maps::IpAddr16::from_v4([198, 19, 254, 3]),
-            ))
+        host_entry(&n1.node, [198, 19, 254, 3]) == Some(genie_common::identity::HOST)
     });
     assert_eq!(
         addr_identity(&n1.node, [198, 18, 21, 7]),

@@ -15,8 +15,8 @@ use std::{
 use genie_tests::{
     TestNode, Topology,
     cni::{
-        DEBIAN_CNI_PATH, Runtime, Sandbox, default_network, files_under, footprint, link_names,
-        result_ipv4,
+        CniCluster, CniPod, DEBIAN_CNI_PATH, Sandbox, default_network, files_under, footprint,
+        link_names,
     },
     node::genie_binary,
     topology::Netns,
@@ -81,86 +81,50 @@ fn green_pods() -> String {
         .collect()
 }
 
-struct Cluster {
-    node: TestNode,
-    runtime: Runtime,
+/// A node with the objects above and the green pods, its agent running, and a runtime whose
+/// default network is a bridge on [`DEFAULT_SUBNET`].
+fn cluster_on(node: TestNode) -> CniCluster {
+    node.write_objects(&format!("{OBJECTS}{}", green_pods()))
+        .unwrap();
+    CniCluster::start(node, DEFAULT_SUBNET).unwrap()
 }
 
-/// A pod added through genie-cni: its namespace, sandbox and eth0 address.
-struct AddedPod {
-    netns: Netns,
-    sandbox: Sandbox,
-    ipv4: std::net::Ipv4Addr,
+fn cluster() -> CniCluster {
+    cluster_on(TestNode::new(Topology::new().unwrap(), OBJECTS).unwrap())
 }
 
-impl AddedPod {
-    fn at(&self) -> NodeAt<'_> {
-        NodeAt {
-            netns: &self.netns,
-            ipv4: self.ipv4,
-        }
+fn add(c: &CniCluster, id: &str, namespace: &str, pod: &str) -> CniPod {
+    c.add(id, namespace, pod, false).unwrap()
+}
+
+/// The node at its address on the default network.
+fn gateway(c: &CniCluster) -> NodeAt<'_> {
+    NodeAt {
+        netns: c.node.topo.node(),
+        ipv4: GATEWAY,
     }
 }
 
-impl Cluster {
-    fn new(node: TestNode) -> Self {
-        node.write_objects(&format!("{OBJECTS}{}", green_pods()))
-            .unwrap();
-        node.spawn_agent().unwrap();
-        let runtime = Runtime::new(&node, default_network(DEFAULT_SUBNET));
-        Self { node, runtime }
-    }
+/// `genie <args> --state-dir … --bpffs …` for the node.
+fn genie(c: &CniCluster, args: &[&str]) -> std::process::Output {
+    Command::new(genie_binary())
+        .args(args)
+        .arg("--state-dir")
+        .arg(c.node.state_dir())
+        .arg("--bpffs")
+        .arg(c.node.bpffs())
+        .output()
+        .unwrap()
+}
 
-    fn start() -> Self {
-        Self::new(TestNode::new(Topology::new().unwrap(), OBJECTS).unwrap())
-    }
-
-    fn netns(&self, label: &str) -> Netns {
-        Netns::create(format!("{}-{label}", self.node.topo.base()), false).unwrap()
-    }
-
-    fn add(&self, id: &str, namespace: &str, pod: &str) -> AddedPod {
-        let netns = self.netns(pod);
-        let sandbox = Sandbox::new(id, namespace, pod, &netns.path());
-        let result = self
-            .runtime
-            .call("ADD", &sandbox)
-            .unwrap()
-            .expect_ok(&format!("ADD {pod}"));
-        AddedPod {
-            ipv4: result_ipv4(&result).expect("an IPv4 address on eth0"),
-            netns,
-            sandbox,
-        }
-    }
-
-    fn gateway(&self) -> NodeAt<'_> {
-        NodeAt {
-            netns: self.node.topo.node(),
-            ipv4: GATEWAY,
-        }
-    }
-
-    fn genie(&self, args: &[&str]) -> std::process::Output {
-        Command::new(genie_binary())
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.node.state_dir())
-            .arg("--bpffs")
-            .arg(self.node.bpffs())
-            .output()
-            .unwrap()
-    }
-
-    fn inspected_endpoints(&self) -> Vec<Value> {
-        let out = self.genie(&["inspect", "endpoints", "--json"]);
-        assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
-    }
+fn inspected_endpoints(c: &CniCluster) -> Vec<Value> {
+    let out = genie(c, &["inspect", "endpoints", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
 }
 
 /// Red's `a` and `a2` share a tenant; blue's `b` does not; no pod may reach the node.
-fn assert_isolated(c: &Cluster, a: &AddedPod, a2: &AddedPod, b: &AddedPod, port: u16, when: &str) {
+fn assert_isolated(c: &CniCluster, a: &CniPod, a2: &CniPod, b: &CniPod, port: u16, when: &str) {
     assert!(
         !tcp_echo(&b.at(), &a.at(), port).unwrap(),
         "{when}: blue reached red"
@@ -170,7 +134,7 @@ fn assert_isolated(c: &Cluster, a: &AddedPod, a2: &AddedPod, b: &AddedPod, port:
         "{when}: red no longer reaches red"
     );
     assert!(
-        !tcp_echo(&a.at(), &c.gateway(), port + 2).unwrap(),
+        !tcp_echo(&a.at(), &gateway(c), port + 2).unwrap(),
         "{when}: a pod reached the node"
     );
 }
@@ -178,27 +142,27 @@ fn assert_isolated(c: &Cluster, a: &AddedPod, a2: &AddedPod, b: &AddedPod, port:
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn losing_the_state_directory_keeps_every_pod_isolated() {
-    let c = Cluster::start();
-    let a = c.add("c0a", "red", "a");
-    let a2 = c.add("c0a2", "red", "a2");
-    let b = c.add("c0b", "blue", "b");
+    let c = cluster();
+    let a = add(&c, "c0a", "red", "a");
+    let a2 = add(&c, "c0a2", "red", "a2");
+    let b = add(&c, "c0b", "blue", "b");
     assert_isolated(&c, &a, &a2, &b, 7100, "before");
 
     c.node.kill_agent().unwrap();
     fs::remove_dir_all(c.node.state_dir()).unwrap();
     c.node.spawn_agent().unwrap();
     assert_isolated(&c, &a, &a2, &b, 7110, "after the state directory was lost");
-    let endpoints = c.inspected_endpoints();
+    let endpoints = inspected_endpoints(&c);
     assert_eq!(endpoints.len(), 4, "a (eth0, eth1), a2, b: {endpoints:?}");
 
     // A pod whose namespace goes is forgotten even though no DEL can name it any more.
     drop(b);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while c.inspected_endpoints().len() != 3 {
+    while inspected_endpoints(&c).len() != 3 {
         assert!(
             Instant::now() < deadline,
             "b's endpoint stayed: {:?}",
-            c.inspected_endpoints()
+            inspected_endpoints(&c)
         );
         thread::sleep(Duration::from_millis(250));
     }
@@ -206,7 +170,7 @@ fn losing_the_state_directory_keeps_every_pod_isolated() {
         &c,
         &a,
         &a2,
-        &c.add("c1b", "blue", "b"),
+        &add(&c, "c1b", "blue", "b"),
         7120,
         "after b came back",
     );
@@ -215,17 +179,16 @@ fn losing_the_state_directory_keeps_every_pod_isolated() {
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn a_lost_registry_is_rebuilt_from_the_attachment_cache() {
-    let c = Cluster::start();
+    let c = cluster();
     let before = footprint(&c.node);
-    let a = c.add("c0a", "red", "a");
-    let a2 = c.add("c0a2", "red", "a2");
-    let b = c.add("c0b", "blue", "b");
+    let a = add(&c, "c0a", "red", "a");
+    let a2 = add(&c, "c0a2", "red", "a2");
+    let b = add(&c, "c0b", "blue", "b");
     c.node.kill_agent().unwrap();
     fs::remove_file(c.node.state_dir().join("endpoints.json")).unwrap();
     c.node.spawn_agent().unwrap();
     assert_isolated(&c, &a, &a2, &b, 7200, "after the registry was lost");
-    let mut pods: Vec<String> = c
-        .inspected_endpoints()
+    let mut pods: Vec<String> = inspected_endpoints(&c)
         .iter()
         .map(|e| {
             format!(
@@ -249,9 +212,9 @@ fn a_lost_registry_is_rebuilt_from_the_attachment_cache() {
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn del_without_the_cache_entry_releases_everything_the_registry_knows() {
-    let c = Cluster::start();
+    let c = cluster();
     let before = footprint(&c.node);
-    let a = c.add("c0a", "red", "a");
+    let a = add(&c, "c0a", "red", "a");
     fs::remove_file(c.node.state_dir().join("cni/c0a.json")).unwrap();
     c.runtime.call("DEL", &a.sandbox).unwrap().expect_ok("DEL");
     assert_eq!(footprint(&c.node), before);
@@ -261,9 +224,9 @@ fn del_without_the_cache_entry_releases_everything_the_registry_knows() {
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn a_del_lost_while_the_agent_was_down_is_swept_at_start() {
-    let c = Cluster::start();
+    let c = cluster();
     let before = footprint(&c.node);
-    let b = c.add("c0b", "blue", "b");
+    let b = add(&c, "c0b", "blue", "b");
     c.node.kill_agent().unwrap();
     // The runtime removes the sandbox; its DEL finds no agent and is never retried.
     let del = c.runtime.call("DEL", &b.sandbox).unwrap();
@@ -271,7 +234,7 @@ fn a_del_lost_while_the_agent_was_down_is_swept_at_start() {
     drop(b);
     c.node.spawn_agent().unwrap();
     assert_eq!(footprint(&c.node), before);
-    let listed = c.genie(&["inspect", "attachments", "--json"]);
+    let listed = genie(&c, &["inspect", "attachments", "--json"]);
     assert_eq!(
         serde_json::from_slice::<Value>(&listed.stdout).unwrap(),
         json!([])
@@ -305,7 +268,7 @@ fn address_of(ns: &Netns, ifname: &str) -> Option<std::net::Ipv4Addr> {
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
-    let c = Cluster::start();
+    let c = cluster();
     let mut runtime = c.runtime.clone();
     let mut slow = default_network(DEFAULT_SUBNET);
     slow["type"] = json!("slow-bridge");
@@ -315,7 +278,7 @@ fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
         PathBuf::from(DEBIAN_CNI_PATH),
     ];
     let before = footprint(&c.node);
-    let ns = c.netns("victim");
+    let ns = c.netns("victim", false).unwrap();
     let sandbox = Sandbox::new("c0v", "blue", "victim", &ns.path());
     let add = thread::scope(|scope| {
         let add = scope.spawn(|| runtime.call("ADD", &sandbox).unwrap());
@@ -333,7 +296,7 @@ fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
         ipv4: address_of(&ns, "eth0").unwrap(),
     };
     assert!(
-        !tcp_echo(&victim, &c.gateway(), 7300).unwrap(),
+        !tcp_echo(&victim, &gateway(&c), 7300).unwrap(),
         "the interface the dead ADD left reached the node"
     );
     // The restarted agent removes what the dead ADD made.
@@ -348,8 +311,8 @@ fn state_files_are_private_whatever_the_umask() {
     let node = TestNode::new(Topology::new().unwrap(), OBJECTS)
         .unwrap()
         .with_agent_umask(0);
-    let c = Cluster::new(node);
-    let _a = c.add("c0a", "red", "a");
+    let c = cluster_on(node);
+    let _a = add(&c, "c0a", "red", "a");
     let state = c.node.state_dir();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     for dir in [state.clone(), state.join("cni"), state.join("ipam")] {
@@ -388,10 +351,10 @@ fn state_files_are_private_whatever_the_umask() {
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn sigterm_stops_cleanly_and_enforcement_stays() {
-    let c = Cluster::start();
-    let a = c.add("c0a", "red", "a");
-    let a2 = c.add("c0a2", "red", "a2");
-    let b = c.add("c0b", "blue", "b");
+    let c = cluster();
+    let a = add(&c, "c0a", "red", "a");
+    let a2 = add(&c, "c0a2", "red", "a2");
+    let b = add(&c, "c0b", "blue", "b");
     let status = c.node.terminate_agent().unwrap();
     assert!(status.success(), "{status:?}: {}", c.node.agent_log());
     assert!(!c.node.socket().exists(), "the socket stayed");
@@ -400,7 +363,7 @@ fn sigterm_stops_cleanly_and_enforcement_stays() {
         .runtime
         .call(
             "ADD",
-            &Sandbox::new("c0x", "red", "x", &c.netns("x").path()),
+            &Sandbox::new("c0x", "red", "x", &c.netns("x", false).unwrap().path()),
         )
         .unwrap();
     assert_eq!(add.error_code(), Some(11), "{}", add.raw);
@@ -409,8 +372,10 @@ fn sigterm_stops_cleanly_and_enforcement_stays() {
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn concurrent_adds_share_the_last_quota_exactly() {
-    let c = Cluster::start();
-    let namespaces: Vec<Netns> = (1..=6).map(|i| c.netns(&format!("g{i}"))).collect();
+    let c = cluster();
+    let namespaces: Vec<Netns> = (1..=6)
+        .map(|i| c.netns(&format!("g{i}"), false).unwrap())
+        .collect();
     for round in 0..3 {
         let sandboxes: Vec<Sandbox> = (1..=6)
             .map(|i| {

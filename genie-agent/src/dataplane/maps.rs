@@ -157,15 +157,7 @@ impl PinnedMaps {
         let (c, d) = (current, desired);
         let mut stats = ApplyStats::default();
         // A zone's table exists before any endpoint record names it, and goes after.
-        upsert(
-            &mut ZoneTables {
-                outer: &self.conntrack,
-                btf_source: &self.btf_source,
-            },
-            &c.ct_zones,
-            &d.ct_zones,
-            CONNTRACK_MAP,
-        )?;
+        upsert(&mut self.zones(), &c.ct_zones, &d.ct_zones, CONNTRACK_MAP)?;
         stats.written += upsert(
             &mut self.identities,
             &c.identities,
@@ -201,15 +193,7 @@ impl PinnedMaps {
             IDENTITIES_MAP,
         )?;
         stats.limits_written += delete_stale(&mut self.limits, &c.buckets, &d.buckets, LIMITS_MAP)?;
-        delete_stale(
-            &mut ZoneTables {
-                outer: &self.conntrack,
-                btf_source: &self.btf_source,
-            },
-            &c.ct_zones,
-            &d.ct_zones,
-            CONNTRACK_MAP,
-        )?;
+        delete_stale(&mut self.zones(), &c.ct_zones, &d.ct_zones, CONNTRACK_MAP)?;
 
         let policy_changed = stats.written + stats.deleted > 0;
         if policy_changed || stats.limits_written > 0 {
