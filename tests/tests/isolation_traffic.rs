@@ -703,3 +703,47 @@ fn a_tenant_cannot_open_a_path_into_another_tenant_alone() {
         "red let in blue-a, not blue-b"
     );
 }
+
+#[test]
+#[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
+fn programs_detached_by_hand_are_attached_again() {
+    let node = six_pods();
+    let ra1 = node.topo.pod("ra1");
+    let gateway = traffic::NodeAt {
+        netns: node.topo.node(),
+        ipv4: ra1.gateway,
+    };
+    let _server = traffic::EchoServer::start(&gateway, 8080).unwrap();
+    let endpoints = node.call(&Request::Endpoints).unwrap().endpoints.unwrap();
+    let id = endpoints
+        .iter()
+        .find(|e| e.request.pod == "ra1")
+        .unwrap()
+        .id;
+    assert!(!traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap());
+    // Someone clears ra1's hooks: it reaches the node for a moment.
+    for direction in Direction::ALL {
+        let pin = genie_agent::dataplane::link_pin_path(node.bpffs(), id, direction);
+        let out = Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&pin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(
+        traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap(),
+        "without its programs ra1 reaches the node (the premise of this test)"
+    );
+    // The agent's next resync puts them back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    while traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ra1 stayed open:\n{}",
+            node.agent_log()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(traffic::tcp_echo(node.topo.pod("ra2"), ra1, 8081).unwrap());
+}

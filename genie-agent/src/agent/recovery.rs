@@ -251,35 +251,68 @@ impl Agent {
             })
     }
 
-    /// Forgets endpoints whose interface is gone (its links are defunct or were removed): a pod
-    /// deleted while its DEL was lost, or an endpoint recovered from the maps alone. Their
-    /// records leave the maps and their pins are removed.
+    /// Keeps every registered endpoint under its programs: a link found detached while its
+    /// interface still exists (`bpftool link detach`, a tool that cleared the hooks) is
+    /// attached again; an endpoint whose interface is gone — a pod deleted while its DEL was
+    /// lost, or an endpoint recovered from the maps alone — is forgotten: its records leave the
+    /// maps and its pins are removed. Returns the endpoints forgotten.
     pub(super) fn forget_vanished(&mut self) -> Result<Vec<u32>, AgentError> {
-        let vanished: Vec<u32> = self
+        let unlinked: Vec<Endpoint> = self
             .registry
             .all()
             .filter(|e| {
                 Direction::ALL
                     .iter()
-                    .all(|d| matches!(self.dataplane.attached_ifindex(e.id, *d), Ok(None)))
+                    .any(|d| matches!(self.dataplane.attached_ifindex(e.id, *d), Ok(None)))
             })
-            .map(|e| e.id)
+            .cloned()
             .collect();
-        for id in &vanished {
+        let mut vanished = Vec::new();
+        for endpoint in unlinked {
+            let id = endpoint.id;
+            let known_namespace =
+                !(endpoint.recovered.is_some() && endpoint.request.side == AttachSide::InPod);
+            let still_there = known_namespace
+                && crate::dataplane::interface_index(
+                    &endpoint.request.netns,
+                    &endpoint.request.host_interface,
+                )
+                .is_ok_and(|ifindex| ifindex == endpoint.ifindex);
+            if still_there {
+                warn!(endpoint = id, interface = %endpoint.request.host_interface, "genie's programs were detached from a live endpoint; attaching them again");
+                let instance = match endpoint.request.side {
+                    AttachSide::Host => None,
+                    AttachSide::InPod => Some(self.dataplane.pod_instance(endpoint.pod_key)?),
+                };
+                self.dataplane.attach(
+                    &endpoint.request.netns,
+                    &endpoint.request.host_interface,
+                    id,
+                    instance,
+                )?;
+                continue;
+            }
+            let all_dead = Direction::ALL
+                .iter()
+                .all(|d| matches!(self.dataplane.attached_ifindex(id, *d), Ok(None)));
+            if !all_dead {
+                continue;
+            }
             warn!(
                 endpoint = id,
                 "the interface of an endpoint is gone; forgetting it"
             );
-            if let Some(endpoint) = self.registry.get(*id).filter(|e| e.recovered.is_some()) {
-                self.release_recovered_leases(endpoint);
+            if endpoint.recovered.is_some() {
+                self.release_recovered_leases(&endpoint);
             }
-            self.dataplane.detach(*id)?;
+            self.dataplane.detach(id)?;
             self.registry
-                .remove(*id)
+                .remove(id)
                 .map_err(|source| AgentError::Registry {
                     path: self.config.state_dir.clone(),
                     source,
                 })?;
+            vanished.push(id);
         }
         Ok(vanished)
     }
