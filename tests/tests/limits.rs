@@ -74,12 +74,14 @@ fn bandwidth_holds_in_each_direction_and_changes_live() {
     let run = iperf3(a, b, 5202, 3, Some(60_000_000)).unwrap();
     assert_near(run.bits_per_second, 20e6, "ingress 20M");
 
-    // Limits removed: the same pair runs far above either.
+    // Limits removed: the same pair runs far above either. The floor is relative to the
+    // limits it proves gone (a left-over 40M bucket passes at most ~44M), not to what a busy
+    // two-core machine happens to reach unlimited (178M seen under CI).
     node.write_objects(&limited_network("{}")).unwrap();
     node.wait_for_buckets("no limits", 0).unwrap();
     let run = iperf3(a, b, 5203, 2, Some(300_000_000)).unwrap();
     assert!(
-        run.bits_per_second > 200e6,
+        run.bits_per_second > 100e6,
         "unlimited: {:.1} Mbit/s",
         run.bits_per_second / 1e6
     );
