@@ -35,9 +35,15 @@ pub fn ip_from16(addr: IpAddr16) -> IpAddr {
     }
 }
 
-fn name(bytes: &[u8; NAME_LEN]) -> String {
+/// A tenant or network name from the maps' NUL-padded form.
+pub fn name(bytes: &[u8; NAME_LEN]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A MAC from the maps' form; `None` for the zero MAC (not pinned).
+pub fn mac_text(mac: [u8; 6]) -> Option<String> {
+    (mac != [0; 6]).then(|| mac.map(|b| format!("{b:02x}")).join(":"))
 }
 
 /// Identity → "tenant/network" (or the reserved class name).
@@ -141,11 +147,7 @@ pub fn endpoints(bpffs: &Path, state_dir: &Path) -> Result<Vec<EndpointRow>, Dat
                 tenant,
                 network,
                 identity: info.identity,
-                mac: if info.mac == [0; 6] {
-                    "-".to_owned()
-                } else {
-                    info.mac.map(|b| format!("{b:02x}")).join(":")
-                },
+                mac: mac_text(info.mac).unwrap_or_else(|| "-".to_owned()),
                 addresses,
             }
         })

@@ -29,7 +29,11 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 /// temporary file with `mode` set before anything is written to it, fsync, rename, fsync of
 /// the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // Appended, not `with_extension`: lease files are named by address, and `198.18.1.5` and
+    // `198.18.1.6` would share `198.18.1.tmp`.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     {
         let mut file = fs::OpenOptions::new()
             .write(true)

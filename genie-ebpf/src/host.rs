@@ -7,22 +7,17 @@
 //! `allowHostPorts` for their protocol and port), as DESIGN.md §3 demands of group traffic.
 
 use aya_ebpf::programs::TcContext;
-use genie_common::{
-    Direction, Reason,
-    identity::{BROADCAST, HOST},
-    maps::IpAddr16,
-    policy::{Side, decide_new_flow},
-};
+use genie_common::{Direction, Reason, identity::BROADCAST, maps::IpAddr16};
 
 use crate::{
-    maps::{ADDRS, IDENTITIES, SCRATCH},
+    maps::{ADDRS, SCRATCH},
     metrics,
     parse::{self, Arp, KIND_IP},
-    verdict::{classify_addr, policy_allows},
+    verdict::{classify_addr, group_to_host},
 };
 
 /// The verdict for a frame the bridge delivers to the node: `None` passes it on, otherwise
-/// the sending endpoint's (id, identity) and the drop reason.
+/// it is refused for host access and this names the sending endpoint (id, identity).
 #[inline(never)]
 fn refuse(ctx: &TcContext) -> Option<(u32, u32)> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
@@ -48,22 +43,7 @@ fn refuse(ctx: &TcContext) -> Option<(u32, u32)> {
         // Not a local endpoint: the node's own traffic, or another bridge port's.
         return None;
     }
-    // SAFETY: read at once.
-    let flags = unsafe { IDENTITIES.get(sender.identity) }.map_or(0, |i| i.flags);
-    let reason = decide_new_flow(
-        Side {
-            identity: sender.identity,
-            flags,
-        },
-        Side {
-            identity: HOST,
-            flags: 0,
-        },
-        ip.protocol,
-        ip.dport,
-        policy_allows,
-    );
-    reason
+    group_to_host(sender.identity, ip)
         .is_drop()
         .then_some((sender.endpoint_id, sender.identity))
 }

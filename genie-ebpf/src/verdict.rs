@@ -162,17 +162,7 @@ fn group_verdict(endpoint: &EndpointInfo, ip: &Ip, direction: u8) -> u8 {
         if endpoint.flags & endpoint_flags::GROUP_TO_HOST == 0 {
             return Reason::Forwarded as u8;
         }
-        let host = Side {
-            identity: HOST,
-            flags: 0,
-        };
-        return decide_new_flow(
-            endpoint_side(endpoint),
-            host,
-            ip.protocol,
-            ip.dport,
-            policy_allows,
-        ) as u8;
+        return group_to_host(endpoint.identity, ip) as u8;
     }
     let source = classify_addr(&ip.src);
     let allowed = source == endpoint.identity
@@ -184,6 +174,22 @@ fn group_verdict(endpoint: &EndpointInfo, ip: &Ip, direction: u8) -> u8 {
     } else {
         Reason::Multicast as u8
     }
+}
+
+/// Whether broadcast or multicast from `identity` may go up to the node's own stack: what
+/// access to the node allows a new flow (`allowHostAccess`, or `allowHostPorts` for the
+/// packet's protocol and port). Decided by the sender's egress or by `to_host` on its bridge.
+#[inline(always)]
+pub fn group_to_host(identity: u32, ip: &Ip) -> Reason {
+    let sender = Side {
+        identity,
+        flags: flags_of(identity),
+    };
+    let host = Side {
+        identity: HOST,
+        flags: 0,
+    };
+    decide_new_flow(sender, host, ip.protocol, ip.dport, policy_allows)
 }
 
 /// Neighbour discovery and MLD delivered to an endpoint: from the node, anything (router and
@@ -501,7 +507,7 @@ fn remote_side(addr: &IpAddr16) -> Side {
 }
 
 #[inline(always)]
-pub fn policy_allows(key: &PolicyKey, port: u16) -> bool {
+fn policy_allows(key: &PolicyKey, port: u16) -> bool {
     // SAFETY: the value is only read within this call.
     match unsafe { POLICY.get(key) } {
         Some(value) => value.allows_port(port),

@@ -76,17 +76,7 @@ impl Agent {
         Ok(state
             .identities
             .values()
-            .map(|info| {
-                let end = info
-                    .tenant
-                    .iter()
-                    .position(|b| *b == 0)
-                    .unwrap_or(info.tenant.len());
-                (
-                    String::from_utf8_lossy(&info.tenant[..end]).into_owned(),
-                    info.ct_zone,
-                )
-            })
+            .map(|info| (crate::inspect::name(&info.tenant), info.ct_zone))
             .collect())
     }
 }

@@ -90,6 +90,12 @@ pub enum AgentError {
     Netns(#[from] crate::netns::NetnsError),
     #[error(transparent)]
     Kube(#[from] crate::source::kube::KubeSourceError),
+    /// The agent's own machinery (threads, the signal mask) could not be set up.
+    #[error("{what}: {source}")]
+    Runtime {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -213,54 +219,14 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Swaps the new program into every registered endpoint's links; forgets endpoints whose
+    /// Swaps the new program into every registered endpoint's links and forgets endpoints whose
     /// interface is gone (their pod was deleted while the agent was down). Endpoints that are
     /// enforced but not registered are recovered first, never detached.
     fn readopt_endpoints(&mut self) -> Result<(), AgentError> {
         self.recover_unregistered()?;
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
-        for ep in endpoints {
-            if ep.recovered.is_some() && ep.request.side == AttachSide::InPod {
-                // Its namespace is unknown: the program instance in its pinned link stays.
-                continue;
-            }
-            let attached = match ep.request.side {
-                AttachSide::Host => Ok(None),
-                AttachSide::InPod => self.dataplane.pod_instance(ep.pod_key).map(Some),
-            }
-            .and_then(|instance| {
-                self.dataplane.attach(
-                    &ep.request.netns,
-                    &ep.request.host_interface,
-                    ep.id,
-                    instance,
-                )
-            });
-            match attached {
-                Ok(ifindex) if ifindex == ep.ifindex => {
-                    let mut refreshed = ep.clone();
-                    self.discover_interfaces(&mut refreshed);
-                    if refreshed != ep {
-                        self.registry
-                            .insert(refreshed)
-                            .map_err(|source| AgentError::Registry {
-                                path: self.config.state_dir.clone(),
-                                source,
-                            })?;
-                    }
-                }
-                Ok(_) | Err(DataplaneError::NoInterface { .. }) | Err(DataplaneError::Netns(_)) => {
-                    warn!(endpoint = ep.id, pod = %ep.request.pod, "interface is gone or was replaced; forgetting the endpoint");
-                    self.dataplane.detach(ep.id)?;
-                    self.registry
-                        .remove(ep.id)
-                        .map_err(|source| AgentError::Registry {
-                            path: self.config.state_dir.clone(),
-                            source,
-                        })?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        for endpoint in &endpoints {
+            self.keep_enforced(endpoint)?;
         }
         self.sync_bridges()
     }
@@ -390,7 +356,16 @@ impl Agent {
             }
         };
         let endpoints: Vec<Endpoint> = self.registry.all().cloned().collect();
-        self.zones = assign_zones(model, &self.zones);
+        self.zones = assign_zones(model, &endpoints, &self.zones);
+        let last_zone = genie_common::maps::MAX_CT_ZONES - 1;
+        let sharing = self.zones.values().filter(|z| **z == last_zone).count();
+        if sharing > 1 {
+            warn!(
+                tenants = sharing,
+                zone = last_zone,
+                "more tenants have pods on this node than there are connection-tracking zones: these share one table"
+            );
+        }
         let desired = desired_state(model, &endpoints, &node, &self.zones);
         let current = match self.applied.take() {
             Some(applied) => applied,
@@ -440,7 +415,7 @@ impl Agent {
     /// repairs anything changed behind the agent's back) and drops counters of endpoints that
     /// are gone. Runs at start, on configuration changes and periodically.
     pub fn resync(&mut self) -> Result<ApplyStats, AgentError> {
-        self.forget_vanished()?;
+        self.reattach_unlinked()?;
         self.sync_bridges()?;
         self.node = None;
         self.applied = None;

@@ -6,17 +6,15 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use genie_common::{
-    Direction,
-    maps::{IN_POD_KEY_BIT, IpAddr16},
-};
+use genie_common::{Direction, maps::IN_POD_KEY_BIT};
 use tracing::warn;
 
 use super::{Agent, AgentError};
 use crate::{
     cni::cache::Cache,
-    dataplane::AttachSide,
+    dataplane::{AttachSide, DataplaneError},
     endpoint::{Endpoint, EndpointRequest, Recovered},
+    inspect,
 };
 
 /// How an unregistered endpoint was brought back.
@@ -28,15 +26,6 @@ pub struct RecoveryReport {
     pub from_maps: Vec<u32>,
 }
 
-fn ip_of(addr: &IpAddr16) -> IpAddr {
-    if addr.is_v4() {
-        let a = &addr.addr;
-        IpAddr::from([a[12], a[13], a[14], a[15]])
-    } else {
-        IpAddr::from(addr.addr)
-    }
-}
-
 /// Where host-local keeps the leases of `network`: genie gives it `dataDir` =
 /// `<ipam>/<network>`, and host-local stores under `<dataDir>/<network name>`.
 fn lease_dir(state_dir: &std::path::Path, network: &str) -> std::path::PathBuf {
@@ -46,10 +35,6 @@ fn lease_dir(state_dir: &std::path::Path, network: &str) -> std::path::PathBuf {
 /// The owner written into the leases of an endpoint recovered from the maps alone.
 fn recovered_lease_owner(id: u32) -> String {
     format!("genie-recovered-ep{id}")
-}
-
-fn mac_text(mac: [u8; 6]) -> Option<String> {
-    (mac != [0; 6]).then(|| mac.map(|b| format!("{b:02x}")).join(":"))
 }
 
 impl Agent {
@@ -104,7 +89,7 @@ impl Agent {
                     .unwrap_or(0);
                 let ifindex = self.linked_ifindex(id).unwrap_or(0);
                 self.reserve_leases(&request, &record.container_id);
-                self.register_recovered(Endpoint {
+                self.register(Endpoint {
                     id,
                     request,
                     ifindex,
@@ -125,20 +110,13 @@ impl Agent {
             let network = pinned
                 .identities
                 .get(&identity)
-                .map(|i| {
-                    let end = i
-                        .network
-                        .iter()
-                        .position(|b| *b == 0)
-                        .unwrap_or(i.network.len());
-                    String::from_utf8_lossy(&i.network[..end]).into_owned()
-                })
+                .map(|i| inspect::name(&i.network))
                 .unwrap_or_default();
             let ips: Vec<IpAddr> = pinned
                 .addrs
                 .iter()
                 .filter(|(_, a)| a.endpoint_id == id)
-                .map(|(addr, _)| ip_of(addr))
+                .map(|(addr, _)| inspect::ip_from16(*addr))
                 .collect();
             let (side, pod_key) = match record {
                 Some((key, _)) if key & IN_POD_KEY_BIT != 0 => (AttachSide::InPod, key),
@@ -172,12 +150,12 @@ impl Agent {
                 side,
                 pod_netns: None,
                 ips,
-                mac: record.and_then(|(_, e)| mac_text(e.mac)),
+                mac: record.and_then(|(_, e)| inspect::mac_text(e.mac)),
                 bandwidth: None,
                 container_id: None,
             };
             self.reserve_leases(&request, &recovered_lease_owner(id));
-            self.register_recovered(Endpoint {
+            self.register(Endpoint {
                 id,
                 request,
                 ifindex,
@@ -242,7 +220,7 @@ impl Agent {
         }
     }
 
-    fn register_recovered(&mut self, endpoint: Endpoint) -> Result<(), AgentError> {
+    fn register(&mut self, endpoint: Endpoint) -> Result<(), AgentError> {
         self.registry
             .insert(endpoint)
             .map_err(|source| AgentError::Registry {
@@ -251,12 +229,66 @@ impl Agent {
             })
     }
 
-    /// Keeps every registered endpoint under its programs: a link found detached while its
-    /// interface still exists (`bpftool link detach`, a tool that cleared the hooks) is
-    /// attached again; an endpoint whose interface is gone — a pod deleted while its DEL was
-    /// lost, or an endpoint recovered from the maps alone — is forgotten: its records leave the
-    /// maps and its pins are removed. Returns the endpoints forgotten.
-    pub(super) fn forget_vanished(&mut self) -> Result<Vec<u32>, AgentError> {
+    /// Keeps `endpoint` under its programs, or forgets it when its interface is gone. Its
+    /// programs are attached again (swapped in place where the links live, attached anew where
+    /// they were detached); an interface that is gone or was replaced (another index under the
+    /// name) means the pod is gone — a DEL lost while the agent was down, or an endpoint
+    /// recovered from the maps alone — and the endpoint is forgotten: its pins are removed,
+    /// leases it re-reserved released, and its records leave the maps at the next reconcile.
+    /// An endpoint recovered inside a pod's namespace that nothing names any more keeps the
+    /// program instance it has until its links die with the interface.
+    pub(super) fn keep_enforced(&mut self, endpoint: &Endpoint) -> Result<(), AgentError> {
+        let id = endpoint.id;
+        let attached = if endpoint.recovered.is_some() && endpoint.request.side == AttachSide::InPod
+        {
+            None
+        } else {
+            let instance = match endpoint.request.side {
+                AttachSide::Host => None,
+                AttachSide::InPod => Some(self.dataplane.pod_instance(endpoint.pod_key)?),
+            };
+            match self.dataplane.attach(
+                &endpoint.request.netns,
+                &endpoint.request.host_interface,
+                id,
+                instance,
+            ) {
+                Ok(ifindex) => Some(ifindex),
+                Err(DataplaneError::NoInterface { .. } | DataplaneError::Netns(_)) => None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if attached.is_none() && self.linked_ifindex(id).is_some() {
+            // The interface could not be looked up, yet a link of ours is live on it: never
+            // detach what may still be enforcing (the next resync looks again).
+            return Ok(());
+        }
+        if attached == Some(endpoint.ifindex) {
+            let mut refreshed = endpoint.clone();
+            self.discover_interfaces(&mut refreshed);
+            if refreshed != *endpoint {
+                self.register(refreshed)?;
+            }
+            return Ok(());
+        }
+        warn!(endpoint = id, pod = %endpoint.request.pod, interface = %endpoint.request.host_interface, "the interface of an endpoint is gone or was replaced; forgetting it");
+        if endpoint.recovered.is_some() {
+            self.release_recovered_leases(endpoint);
+        }
+        self.dataplane.detach(id)?;
+        self.registry
+            .remove(id)
+            .map_err(|source| AgentError::Registry {
+                path: self.config.state_dir.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// [`Agent::keep_enforced`] for every endpoint with a link found detached or dead: a
+    /// program someone detached by hand (`bpftool link detach`, a tool that cleared the
+    /// hooks) from a live interface is attached again within one resync.
+    pub(super) fn reattach_unlinked(&mut self) -> Result<(), AgentError> {
         let unlinked: Vec<Endpoint> = self
             .registry
             .all()
@@ -267,53 +299,18 @@ impl Agent {
             })
             .cloned()
             .collect();
-        let mut vanished = Vec::new();
-        for endpoint in unlinked {
-            let id = endpoint.id;
-            let known_namespace =
-                !(endpoint.recovered.is_some() && endpoint.request.side == AttachSide::InPod);
-            let still_there = known_namespace
-                && crate::dataplane::interface_index(
-                    &endpoint.request.netns,
-                    &endpoint.request.host_interface,
+        for endpoint in &unlinked {
+            self.keep_enforced(endpoint)?;
+            let relinked = Direction::ALL.iter().all(|d| {
+                matches!(
+                    self.dataplane.attached_ifindex(endpoint.id, *d),
+                    Ok(Some(_))
                 )
-                .is_ok_and(|ifindex| ifindex == endpoint.ifindex);
-            if still_there {
-                warn!(endpoint = id, interface = %endpoint.request.host_interface, "genie's programs were detached from a live endpoint; attaching them again");
-                let instance = match endpoint.request.side {
-                    AttachSide::Host => None,
-                    AttachSide::InPod => Some(self.dataplane.pod_instance(endpoint.pod_key)?),
-                };
-                self.dataplane.attach(
-                    &endpoint.request.netns,
-                    &endpoint.request.host_interface,
-                    id,
-                    instance,
-                )?;
-                continue;
+            });
+            if self.registry.get(endpoint.id).is_some() && relinked {
+                warn!(endpoint = endpoint.id, pod = %endpoint.request.pod, interface = %endpoint.request.host_interface, "genie's programs had been detached from a live endpoint; attached again");
             }
-            let all_dead = Direction::ALL
-                .iter()
-                .all(|d| matches!(self.dataplane.attached_ifindex(id, *d), Ok(None)));
-            if !all_dead {
-                continue;
-            }
-            warn!(
-                endpoint = id,
-                "the interface of an endpoint is gone; forgetting it"
-            );
-            if endpoint.recovered.is_some() {
-                self.release_recovered_leases(&endpoint);
-            }
-            self.dataplane.detach(id)?;
-            self.registry
-                .remove(id)
-                .map_err(|source| AgentError::Registry {
-                    path: self.config.state_dir.clone(),
-                    source,
-                })?;
-            vanished.push(id);
         }
-        Ok(vanished)
+        Ok(())
     }
 }

@@ -69,8 +69,8 @@ pub fn serve(
     let agent = Arc::new(Mutex::new(agent));
     if let Some(address) = metrics_address {
         crate::metrics::http::spawn(address, Arc::clone(&agent)).map_err(|source| {
-            AgentError::Registry {
-                path: PathBuf::from(format!("metrics address {address}")),
+            AgentError::Runtime {
+                what: format!("serving metrics on {address}"),
                 source,
             }
         })?;
@@ -78,13 +78,7 @@ pub fn serve(
 
     {
         let agent = Arc::clone(&agent);
-        thread::Builder::new()
-            .name("config-watch".to_owned())
-            .spawn(move || watch(&agent, &config_dir))
-            .map_err(|source| AgentError::Registry {
-                path: PathBuf::from("config-watch thread"),
-                source,
-            })?;
+        spawn("config-watch", move || watch(&agent, &config_dir))?;
     }
 
     // Before any request: what a dead agent or a lost DEL left behind goes first.
@@ -95,18 +89,12 @@ pub fn serve(
     {
         let agent = Arc::clone(&agent);
         let cni = Arc::clone(&cni);
-        thread::Builder::new()
-            .name("cni-sweep".to_owned())
-            .spawn(move || {
-                loop {
-                    thread::sleep(SWEEP);
-                    cni.sweep(&agent);
-                }
-            })
-            .map_err(|source| AgentError::Registry {
-                path: PathBuf::from("cni-sweep thread"),
-                source,
-            })?;
+        spawn("cni-sweep", move || {
+            loop {
+                thread::sleep(SWEEP);
+                cni.sweep(&agent);
+            }
+        })?;
     }
     let listener = bind_private(socket)?;
     tracing::info!(socket = %socket.display(), "API listening");
@@ -114,13 +102,7 @@ pub fn serve(
     {
         let socket = socket.to_owned();
         let in_flight = Arc::clone(&in_flight);
-        thread::Builder::new()
-            .name("signals".to_owned())
-            .spawn(move || stop_on_signal(&socket, &in_flight))
-            .map_err(|source| AgentError::Registry {
-                path: PathBuf::from("signal thread"),
-                source,
-            })?;
+        spawn("signals", move || stop_on_signal(&socket, &in_flight))?;
     }
     for stream in listener.incoming() {
         match stream {
@@ -180,6 +162,35 @@ fn watch(agent: &Mutex<Agent>, dir: &Path) {
     }
 }
 
+/// Starts a named background thread of the agent.
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), AgentError> {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map(|_| ())
+        .map_err(|source| AgentError::Runtime {
+            what: format!("starting the {name} thread"),
+            source,
+        })
+}
+
+/// A CNI request in progress, from its decoding until its answer is written: a stopping agent
+/// waits for these (an ADD whose answer were cut off would make genie-cni fence the pod).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The signals that stop the agent. [`block_stop_signals`] blocks them in every thread, so
 /// only the thread waiting in [`stop_on_signal`] receives them.
 fn stop_signals() -> SigSet {
@@ -194,8 +205,8 @@ fn stop_signals() -> SigSet {
 pub fn block_stop_signals() -> Result<(), AgentError> {
     stop_signals()
         .thread_block()
-        .map_err(|errno| AgentError::Registry {
-            path: PathBuf::from("signal mask"),
+        .map_err(|errno| AgentError::Runtime {
+            what: "blocking SIGTERM and SIGINT".to_owned(),
             source: std::io::Error::from(errno),
         })
 }
@@ -257,13 +268,12 @@ fn handle_connection(
         if line.trim().is_empty() {
             continue;
         }
+        let mut in_progress = None;
         let response = match serde_json::from_str::<Request>(&line) {
             // CNI requests lock the agent only for short steps: delegates run unlocked.
             Ok(Request::Cni { env, config }) => {
-                in_flight.fetch_add(1, Ordering::SeqCst);
-                let outcome = cni.handle(agent, &env, &config);
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                match outcome {
+                in_progress = Some(InFlight::enter(in_flight));
+                match cni.handle(agent, &env, &config) {
                     Ok(result) => Response {
                         cni_result: result,
                         ..Response::ok()
@@ -284,7 +294,9 @@ fn handle_connection(
             return;
         };
         bytes.push(b'\n');
-        if writer.write_all(&bytes).is_err() {
+        let written = writer.write_all(&bytes);
+        drop(in_progress);
+        if written.is_err() {
             return;
         }
     }

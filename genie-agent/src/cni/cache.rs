@@ -302,7 +302,7 @@ mod tests {
         cache.remove("abc").unwrap();
         assert_eq!(cache.container_ids().unwrap(), vec!["def".to_owned()]);
         assert!(
-            !dir.join("abc.json").exists() && !dir.join("def.tmp").exists(),
+            !dir.join("abc.json").exists() && !dir.join("def.json.tmp").exists(),
             "no temporary file stays"
         );
         fs::remove_dir_all(&dir).unwrap();

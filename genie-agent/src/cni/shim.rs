@@ -100,35 +100,8 @@ fn fence_interfaces(netns: &Path) {
         let Ok(names) = nix::net::if_::if_nameindex() else {
             return;
         };
-        for name in names.iter() {
-            let name = name.name();
-            if name.to_bytes() != b"lo" {
-                set_down(name);
-            }
+        for interface in names.iter().filter(|i| i.name().to_bytes() != b"lo") {
+            let _ = crate::dataplane::netlink::set_down(interface.index());
         }
     });
-}
-
-/// `SIOCGIFFLAGS` then `SIOCSIFFLAGS` without `IFF_UP` (netdevice(7)).
-fn set_down(name: &std::ffi::CStr) {
-    // SAFETY: a plain datagram socket, closed below; `ifreq` is plain data, zeroed, its name
-    // copied with a terminating NUL within IFNAMSIZ; both ioctls read and write only `ifreq`.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return;
-        }
-        let mut request: libc::ifreq = std::mem::zeroed();
-        let bytes = name.to_bytes();
-        if bytes.len() < libc::IFNAMSIZ {
-            for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
-                *dst = *src as libc::c_char;
-            }
-            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) == 0 {
-                request.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
-                libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
-            }
-        }
-        libc::close(fd);
-    }
 }

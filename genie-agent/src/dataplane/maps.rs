@@ -32,8 +32,7 @@ pub struct PinnedMaps {
     pub policy: HashMap<MapData, PolicyKey, PolicyValue>,
     /// The per-tenant connection-tracking tables (an array of maps; see [`ZoneTables`]).
     pub conntrack: Map,
-    /// A map created with the object's BTF (the configuration array): zone tables are created
-    /// with the same BTF.
+    /// The configuration array's handle, for its BTF (see [`ZoneSlots`]).
     btf_source: MapData,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
@@ -157,7 +156,12 @@ impl PinnedMaps {
         let (c, d) = (current, desired);
         let mut stats = ApplyStats::default();
         // A zone's table exists before any endpoint record names it, and goes after.
-        upsert(&mut self.zones(), &c.ct_zones, &d.ct_zones, CONNTRACK_MAP)?;
+        upsert(
+            &mut self.zone_slots(),
+            &c.ct_zones,
+            &d.ct_zones,
+            CONNTRACK_MAP,
+        )?;
         stats.written += upsert(
             &mut self.identities,
             &c.identities,
@@ -193,7 +197,12 @@ impl PinnedMaps {
             IDENTITIES_MAP,
         )?;
         stats.limits_written += delete_stale(&mut self.limits, &c.buckets, &d.buckets, LIMITS_MAP)?;
-        delete_stale(&mut self.zones(), &c.ct_zones, &d.ct_zones, CONNTRACK_MAP)?;
+        delete_stale(
+            &mut self.zone_slots(),
+            &c.ct_zones,
+            &d.ct_zones,
+            CONNTRACK_MAP,
+        )?;
 
         let policy_changed = stats.written + stats.deleted > 0;
         if policy_changed || stats.limits_written > 0 {
@@ -214,6 +223,12 @@ impl PinnedMaps {
     pub fn zones(&self) -> ZoneTables<'_> {
         ZoneTables {
             outer: &self.conntrack,
+        }
+    }
+
+    fn zone_slots(&mut self) -> ZoneSlots<'_> {
+        ZoneSlots {
+            outer: &mut self.conntrack,
             btf_source: &self.btf_source,
         }
     }
@@ -250,19 +265,11 @@ fn read_all<K: Ord, V>(
 #[derive(Debug)]
 pub struct ZoneTables<'a> {
     outer: &'a Map,
-    btf_source: &'a MapData,
 }
 
 impl ZoneTables<'_> {
     fn outer(&self) -> Result<ArrayOfMaps<&MapData, MapData>, DataplaneError> {
         ArrayOfMaps::try_from(self.outer).map_err(map_err(CONNTRACK_MAP))
-    }
-
-    fn outer_data(&self) -> Result<&MapData, MapError> {
-        match self.outer {
-            Map::ArrayOfMaps(data) => Ok(data),
-            _ => Err(MapError::InvalidMapType { map_type: 0 }),
-        }
     }
 
     /// The table of `zone`, if it has one.
@@ -328,10 +335,18 @@ impl ZoneTables<'_> {
     }
 }
 
+/// The slots of the outer connection-tracking array, as the map writer changes them.
+struct ZoneSlots<'a> {
+    outer: &'a mut Map,
+    /// A map created with the object's BTF (the configuration array): zone tables are created
+    /// with the same BTF.
+    btf_source: &'a MapData,
+}
+
 /// A zone's table is desired by capacity: a new one is created empty; a resized one is
 /// created and gets the old table's flows (as many as fit) before it replaces it in the slot,
 /// so established flows survive a change of `quota.connections`.
-impl Writable<u32, u32> for ZoneTables<'_> {
+impl Writable<u32, u32> for ZoneSlots<'_> {
     fn put(&mut self, zone: &u32, capacity: &u32) -> Result<(), MapError> {
         let btf = super::sys::map_btf(self.btf_source.fd())
             .ok()
@@ -346,21 +361,24 @@ impl Writable<u32, u32> for ZoneTables<'_> {
             btf.as_ref().map(|(fd, key, value)| (fd, *key, *value)),
         )
         .map_err(|io_error| syscall_error("bpf_map_create", io_error))?;
-        let mut table = Map::LruHashMap(MapData::from_fd(fd)?);
-        if let Ok(Some(old)) = self.table(*zone) {
-            let mut new: HashMap<&mut MapData, CtKey, CtValue> = HashMap::try_from(&mut table)?;
+        let mut table: HashMap<MapData, CtKey, CtValue> =
+            HashMap::try_from(Map::LruHashMap(MapData::from_fd(fd)?))?;
+        let outer: ArrayOfMaps<&MapData, MapData> = ArrayOfMaps::try_from(&*self.outer)?;
+        if let Ok(old) = outer.get(zone, 0) {
+            let old: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(old))?;
             for (key, value) in old.iter().filter_map(Result::ok).take(*capacity as usize) {
-                new.insert(key, value, 0)?;
+                table.insert(key, value, 0)?;
             }
         }
-        let Map::LruHashMap(data) = &table else {
-            return Err(MapError::InvalidMapType { map_type: 0 });
-        };
-        super::sys::map_of_maps_set(self.outer_data()?.fd(), *zone, data.fd())
-            .map_err(|io_error| syscall_error("bpf_map_update_elem", io_error))
+        let mut outer: ArrayOfMaps<&mut MapData, HashMap<MapData, CtKey, CtValue>> =
+            ArrayOfMaps::try_from(&mut *self.outer)?;
+        outer.set(*zone, &table, 0)
     }
     fn delete(&mut self, zone: &u32) -> Result<(), MapError> {
-        super::sys::map_of_maps_clear(self.outer_data()?.fd(), *zone)
+        let Map::ArrayOfMaps(outer) = &*self.outer else {
+            return Err(MapError::InvalidMapType { map_type: 0 });
+        };
+        super::sys::map_of_maps_clear(outer.fd(), *zone)
             .map_err(|io_error| syscall_error("bpf_map_delete_elem", io_error))
     }
 }

@@ -1,31 +1,33 @@
 //! What the agent asks rtnetlink about interfaces: whether a host-side interface is a bridge
 //! port (broadcast it carries then reaches the node through the bridge, where `to_host`
-//! decides), and the IPv6 link-local addresses of a pod's interface.
+//! decides), and the IPv6 link-local addresses of a pod's interface; and, for genie-cni, taking
+//! a pod's interfaces down.
 
 use std::{net::Ipv6Addr, path::Path};
 
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::DataplaneError;
 use crate::netns;
 
-/// One `RTM_GETLINK` for `index` in the caller's namespace.
-fn get_link(index: u32) -> std::io::Result<LinkMessage> {
+/// One rtnetlink request in the caller's namespace and its single answer: the message, or
+/// `None` for an acknowledgement (`NLM_F_ACK`).
+fn round_trip(
+    message: RouteNetlinkMessage,
+    flags: u16,
+) -> std::io::Result<Option<RouteNetlinkMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    let mut request = LinkMessage::default();
-    request.header.index = index;
-    let mut packet = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(request)),
-    );
-    packet.header.flags = NLM_F_REQUEST;
+    let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
+    packet.header.flags = NLM_F_REQUEST | flags;
     packet.header.sequence_number = 1;
     packet.finalize();
     let mut buf = vec![0; packet.buffer_len()];
@@ -36,15 +38,35 @@ fn get_link(index: u32) -> std::io::Result<LinkMessage> {
     let message: NetlinkMessage<RouteNetlinkMessage> =
         NetlinkMessage::deserialize(&answer[..size]).map_err(std::io::Error::other)?;
     match message.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Ok(link),
-        NetlinkPayload::Error(e) => Err(e.code.map_or_else(
-            || std::io::Error::other("netlink error"),
-            |c| std::io::Error::from_raw_os_error(-c.get()),
-        )),
+        NetlinkPayload::InnerMessage(inner) => Ok(Some(inner)),
+        NetlinkPayload::Error(e) => match e.code {
+            None => Ok(None),
+            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+        },
         other => Err(std::io::Error::other(format!(
             "unexpected netlink answer {other:?}"
         ))),
     }
+}
+
+/// One `RTM_GETLINK` for `index` in the caller's namespace.
+fn get_link(index: u32) -> std::io::Result<LinkMessage> {
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    match round_trip(RouteNetlinkMessage::GetLink(request), 0)? {
+        Some(RouteNetlinkMessage::NewLink(link)) => Ok(link),
+        other => Err(std::io::Error::other(format!(
+            "unexpected netlink answer {other:?}"
+        ))),
+    }
+}
+
+/// Sets interface `index` of the caller's namespace down (`RTM_SETLINK` clearing `IFF_UP`).
+pub fn set_down(index: u32) -> std::io::Result<()> {
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    request.header.change_mask = LinkFlags::Up;
+    round_trip(RouteNetlinkMessage::SetLink(request), NLM_F_ACK).map(|_| ())
 }
 
 fn is_bridge(link: &LinkMessage) -> bool {

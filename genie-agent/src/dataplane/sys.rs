@@ -12,7 +12,6 @@ use std::{
 
 // `enum bpf_cmd` in uapi/linux/bpf.h.
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -144,24 +143,6 @@ pub fn map_of_maps_clear(map: &impl std::os::fd::AsFd, index: u32) -> io::Result
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other.map(|_| ()),
     }
-}
-
-/// Puts the map `inner` into slot `index` of an array of maps (the kernel takes the inner
-/// map's descriptor and keeps its own reference).
-pub fn map_of_maps_set(
-    map: &impl std::os::fd::AsFd,
-    index: u32,
-    inner: &impl std::os::fd::AsFd,
-) -> io::Result<()> {
-    let inner_fd = u32::try_from(inner.as_fd().as_raw_fd()).map_err(io::Error::other)?;
-    let attr = MapElemAttr {
-        map_fd: u32::try_from(map.as_fd().as_raw_fd()).map_err(io::Error::other)?,
-        _pad: 0,
-        key: std::ptr::from_ref(&index) as u64,
-        value: std::ptr::from_ref(&inner_fd) as u64,
-        flags: 0,
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &attr).map(|_| ())
 }
 
 /// The BTF object a map was created with, as a descriptor (`None` for a map without BTF).

@@ -73,21 +73,32 @@ pub struct DesiredState {
 /// Connection-tracking zones by tenant name (`""`: the namespaces of no tenant).
 pub type ZoneAssignment = BTreeMap<String, u32>;
 
-/// Gives every tenant of `model` a zone: the one it had in `previous` (zones must not move
-/// while flows are tracked in them), otherwise the lowest free one. Namespaces of no tenant
-/// have zone 0. Tenants beyond the node's zones share the last one (and are logged by the
-/// agent).
-pub fn assign_zones(model: &Model, previous: &ZoneAssignment) -> ZoneAssignment {
+/// Gives every tenant with an endpoint on this node a zone: the one it had in `previous`
+/// (zones must not move while flows are tracked in them), otherwise the lowest free one.
+/// Namespaces of no tenant have zone 0. Only tenants with endpoints here need a table, so a
+/// node runs out of zones only with more than `MAX_CT_ZONES - 1` tenants' pods on it; those
+/// beyond share the last zone (the agent logs it).
+pub fn assign_zones(
+    model: &Model,
+    endpoints: &[Endpoint],
+    previous: &ZoneAssignment,
+) -> ZoneAssignment {
+    let local: BTreeSet<&str> = endpoints
+        .iter()
+        .filter_map(|ep| endpoint_tenant(model, ep))
+        .collect();
     let mut out = ZoneAssignment::new();
     out.insert(String::new(), UNOWNED_CT_ZONE);
-    for tenant in model.tenants.keys() {
-        if let Some(zone) = previous.get(tenant).filter(|z| **z != UNOWNED_CT_ZONE) {
-            out.insert(tenant.clone(), *zone);
+    for tenant in &local {
+        if let Some(zone) = previous.get(*tenant).filter(|z| **z != UNOWNED_CT_ZONE) {
+            out.insert((*tenant).to_owned(), *zone);
         }
     }
-    let mut used: BTreeSet<u32> = out.values().copied().collect();
+    // A zone given up in this pass is not handed out in it: its table, with the flows of the
+    // tenant that left, is deleted first.
+    let mut used: BTreeSet<u32> = out.values().chain(previous.values()).copied().collect();
     let mut next = 1;
-    for tenant in model.tenants.keys() {
+    for tenant in local {
         if out.contains_key(tenant) {
             continue;
         }
@@ -95,9 +106,32 @@ pub fn assign_zones(model: &Model, previous: &ZoneAssignment) -> ZoneAssignment 
             next += 1;
         }
         used.insert(next);
-        out.insert(tenant.clone(), next);
+        out.insert(tenant.to_owned(), next);
     }
     out
+}
+
+/// The tenant an endpoint belongs to: its namespace's, or for an endpoint recovered from the
+/// maps, its identity's. `None` for namespaces of no tenant.
+fn endpoint_tenant<'m>(model: &'m Model, ep: &Endpoint) -> Option<&'m str> {
+    match ep.recovered {
+        Some(recovered) => model
+            .logical
+            .values()
+            .find(|n| n.identity == recovered.identity)
+            .map(|n| n.tenant.as_str())
+            .or_else(|| {
+                model
+                    .tenants
+                    .values()
+                    .find(|t| t.default_identity == recovered.identity)
+                    .map(|t| t.name.as_str())
+            }),
+        None => model
+            .namespace_tenant
+            .get(&ep.request.namespace)
+            .map(String::as_str),
+    }
 }
 
 /// An address in the maps' 16-byte form.

@@ -102,7 +102,7 @@ fn the_desired_maps_follow_the_objects() {
             endpoint(2, "default", "198.18.9.9"),
         ],
         &node,
-        &assign_zones(&m, &ZoneAssignment::new()),
+        &ZoneAssignment::new(),
     );
 
     assert_eq!(state.endpoints[&101].identity, a);
@@ -258,19 +258,26 @@ fn every_tenant_gets_its_own_conntrack_zone_and_keeps_it() {
     let m = model(&format!(
         "{OBJECTS}---\napiVersion: genie.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: blue}}\nspec: {{namespaces: [blue], quota: {{connections: 4096}}}}\n"
     ));
-    let zones = assign_zones(&m, &ZoneAssignment::new());
-    assert_eq!(zones[""], UNOWNED_CT_ZONE);
-    assert_ne!(zones["red"], zones["blue"]);
-    assert!(zones["red"] != UNOWNED_CT_ZONE && zones["blue"] != UNOWNED_CT_ZONE);
-    // A tenant keeps its zone; a new one gets a free one.
-    let previous = ZoneAssignment::from([("blue".to_owned(), 7)]);
-    let again = assign_zones(&m, &previous);
-    assert_eq!(again["blue"], 7);
-    assert!(again["red"] != 7 && again["red"] != UNOWNED_CT_ZONE);
-
     let mut blue = endpoint(2, "default", "198.18.9.9");
     blue.request.namespace = "blue".to_owned();
     let eps = [endpoint(1, "a", "198.18.1.11"), blue];
+    let zones = assign_zones(&m, &eps, &ZoneAssignment::new());
+    assert_eq!(zones[""], UNOWNED_CT_ZONE);
+    assert_ne!(zones["red"], zones["blue"]);
+    assert!(zones["red"] != UNOWNED_CT_ZONE && zones["blue"] != UNOWNED_CT_ZONE);
+    // Only tenants with endpoints on the node take a zone.
+    assert_eq!(
+        assign_zones(&m, &eps[..1], &ZoneAssignment::new())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["", "red"]
+    );
+    // A tenant keeps its zone; a new one gets a free one.
+    let previous = ZoneAssignment::from([("blue".to_owned(), 7)]);
+    let again = assign_zones(&m, &eps, &previous);
+    assert_eq!(again["blue"], 7);
+    assert!(again["red"] != 7 && again["red"] != UNOWNED_CT_ZONE);
+
     let s = desired_state(&m, &eps, &NodeInfo::default(), &again);
     assert_eq!(s.endpoints[&101].ct_zone, again["red"]);
     assert_eq!(s.endpoints[&102].ct_zone, 7);
@@ -294,7 +301,7 @@ fn directed_broadcasts_and_link_local_addresses_are_classified() {
     let mut ep = endpoint(1, "a", "198.18.1.11");
     ep.link_local = vec!["fe80::1".parse().unwrap()];
     ep.bridge = None;
-    let s = desired_state(&m, &[ep], &node, &assign_zones(&m, &ZoneAssignment::new()));
+    let s = desired_state(&m, &[ep], &node, &ZoneAssignment::new());
     for broadcast in ["198.18.1.0", "198.18.1.255", "198.18.50.0", "198.18.50.255"] {
         assert_eq!(
             s.addrs[&addr16(broadcast.parse().unwrap())].identity,
