@@ -51,13 +51,17 @@ pub struct Ip {
     /// 1 when the Ethernet destination is a group address (broadcast or multicast, the I/G bit
     /// of IEEE 802 §8.2).
     pub l2_group: u8,
-    /// 1 when a neighbour solicitation or advertisement carried a link-layer address option;
-    /// the address is in `nd_lladdr`.
+    /// 1 when an ND message carried a link-layer address option; the address is in
+    /// `nd_lladdr`.
     pub nd_has_lladdr: u8,
-    pub _pad: [u8; 2],
-    /// The target of a neighbour solicitation or advertisement (RFC 4861 §4.3, §4.4).
+    /// 1 when an ND message has more options than genie reads: one of them could carry a
+    /// link-layer address nobody checked.
+    pub nd_options_unread: u8,
+    pub _pad: u8,
+    /// The target of a neighbour solicitation or advertisement, or of a redirect (RFC 4861
+    /// §4.3–4.5).
     pub nd_target: IpAddr16,
-    /// The source/target link-layer address option of an NS/NA (RFC 4861 §4.6.1).
+    /// The source/target link-layer address option of an ND message (RFC 4861 §4.6.1).
     pub nd_lladdr: [u8; 6],
     pub _pad2: [u8; 2],
     /// The flow an ICMP error quotes (destination unreachable, packet too big, time exceeded,
@@ -145,6 +149,7 @@ pub fn parse(ctx: &TcContext, ip: &mut Ip, arp: &mut Arp) -> u8 {
             ip.related = 0;
             ip.l2_group = l2_group;
             ip.nd_has_lladdr = 0;
+            ip.nd_options_unread = 0;
             let status = if ethertype == ETH_P_IP {
                 parse_ipv4(ctx, ip)
             } else {
@@ -285,8 +290,8 @@ fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
             } else if is_error(ip.protocol, c[0]) && parse_quoted(ctx, offset + 8, ip) == OK {
                 ip.related = 1;
             } else if ip.protocol == proto::ICMPV6
-                && (c[0] == ND_SOLICITATION || c[0] == ND_ADVERTISEMENT)
-                && parse_nd(ctx, offset, ip) != OK
+                && (ND_ROUTER_SOLICITATION..=ND_REDIRECT).contains(&c[0])
+                && parse_nd(ctx, offset, c[0], ip) != OK
             {
                 return MALFORMED;
             }
@@ -296,23 +301,38 @@ fn parse_l4(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
     OK
 }
 
-/// Neighbour solicitation and advertisement (RFC 4861 §4.3, §4.4).
+/// The ND messages (RFC 4861 §4): router solicitation and advertisement, neighbour
+/// solicitation and advertisement, redirect.
+pub const ND_ROUTER_SOLICITATION: u8 = 133;
+pub const ND_ROUTER_ADVERTISEMENT: u8 = 134;
 pub const ND_SOLICITATION: u8 = 135;
 pub const ND_ADVERTISEMENT: u8 = 136;
+pub const ND_REDIRECT: u8 = 137;
 
-/// Options of an NS/NA looked at for a link-layer address; a sender could otherwise hide a
-/// foreign MAC behind options genie does not read.
-const MAX_ND_OPTIONS: usize = 4;
+/// Options of an ND message looked at for a link-layer address. A router advertisement
+/// carries a few (source address, MTU, prefixes, RDNSS); a message with more is marked
+/// `nd_options_unread`, so a sender cannot hide a foreign MAC behind options genie skips.
+const MAX_ND_OPTIONS: usize = 8;
 
-/// The target address of an NS/NA at `offset` (the ICMPv6 header) and its link-layer address
-/// option, if any. An option of length 0 is invalid (RFC 4861 §4.6) and fails the packet.
+/// The target address of an ND message of type `kind` at `offset` (the ICMPv6 header), where
+/// it has one, and its link-layer address option, if any. Options start after the message's
+/// fixed part (RFC 4861 §4.1–4.5); an option of length 0 is invalid (§4.6) and fails the
+/// packet.
 #[inline(never)]
-fn parse_nd(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
-    let Some(t) = bytes::<24>(ctx, offset & 0x3ff) else {
-        return MALFORMED;
+fn parse_nd(ctx: &TcContext, offset: usize, kind: u8, ip: &mut Ip) -> i32 {
+    let options = match kind {
+        ND_ROUTER_SOLICITATION => 8,
+        ND_ROUTER_ADVERTISEMENT => 16,
+        ND_SOLICITATION | ND_ADVERTISEMENT => 24,
+        _ => 40,
     };
-    ip.nd_target = v6_at(t, 8);
-    let mut at = offset + 24;
+    if kind >= ND_SOLICITATION {
+        let Some(t) = bytes::<24>(ctx, offset & 0x3ff) else {
+            return MALFORMED;
+        };
+        ip.nd_target = v6_at(t, 8);
+    }
+    let mut at = offset + options;
     for _ in 0..MAX_ND_OPTIONS {
         let Some(head) = bytes::<8>(ctx, at & 0x3ff) else {
             // No further option in the packet.
@@ -328,6 +348,9 @@ fn parse_nd(ctx: &TcContext, offset: usize, ip: &mut Ip) -> i32 {
             ip.nd_has_lladdr = 1;
         }
         at += len * 8;
+    }
+    if bytes::<8>(ctx, at & 0x3ff).is_some() {
+        ip.nd_options_unread = 1;
     }
     OK
 }

@@ -193,9 +193,11 @@ pub fn group_to_host(identity: u32, ip: &Ip) -> Reason {
 }
 
 /// Neighbour discovery and MLD delivered to an endpoint: from the node, anything (router and
-/// gateway messages); otherwise a solicitation only for one of the endpoint's addresses, an
-/// advertisement only to one of them or, sent to a group, from the endpoint's own identity,
-/// and other group messages (MLD, router solicitations) only from its own identity.
+/// gateway messages); otherwise a solicitation only for one of the endpoint's addresses, a
+/// neighbour advertisement only to one of them (the sender's egress made sure it advertises
+/// its own address and MAC) and everything else — router advertisements, redirects, MLD,
+/// group messages — only from the endpoint's own identity: another tenant's pod must not
+/// become a pod's router (a unicast router advertisement would do it).
 #[inline(never)]
 fn nd_ingress(endpoint: &EndpointInfo, ip: &Ip) -> u8 {
     let source = classify_addr(&ip.src);
@@ -209,24 +211,24 @@ fn nd_ingress(endpoint: &EndpointInfo, ip: &Ip) -> u8 {
             Reason::WrongDestination as u8
         };
     }
-    if !is_group(ip) {
-        return if owns(endpoint, &ip.dst) {
-            Reason::Forwarded as u8
-        } else {
-            Reason::WrongDestination as u8
-        };
+    let group = is_group(ip);
+    if !group && !owns(endpoint, &ip.dst) {
+        return Reason::WrongDestination as u8;
     }
-    if source == endpoint.identity {
+    if source == endpoint.identity || (!group && ip.icmp_type == ND_ADVERTISEMENT) {
         Reason::Forwarded as u8
-    } else {
+    } else if group {
         Reason::Multicast as u8
+    } else {
+        Reason::Policy as u8
     }
 }
 
 /// Neighbour discovery and MLD an endpoint sends: from its own addresses (link-local ones
 /// included) or, for duplicate address detection and early MLD reports, from `::` (RFC 4862
-/// §5.4.2, RFC 3810 §5.2.13); an advertisement only for one of its own addresses, and any
-/// link-layer address option only with its own MAC.
+/// §5.4.2, RFC 3810 §5.2.13); an advertisement only for one of its own addresses, any
+/// link-layer address option (in any ND message) only with its own MAC, and no more options
+/// than genie reads.
 #[inline(always)]
 fn nd_egress(endpoint: &EndpointInfo, ip: &Ip) -> Reason {
     if !ip.src.is_unspecified() && !owns(endpoint, &ip.src) {
@@ -237,6 +239,9 @@ fn nd_egress(endpoint: &EndpointInfo, ip: &Ip) -> Reason {
     }
     if ip.nd_has_lladdr != 0 && !mac_ok(endpoint, &ip.nd_lladdr) {
         return Reason::SpoofedMac;
+    }
+    if ip.nd_options_unread != 0 {
+        return Reason::Malformed;
     }
     Reason::Forwarded
 }

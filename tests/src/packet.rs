@@ -65,8 +65,11 @@ pub mod icmp {
     pub const ECHO_REPLY_V4: u8 = 0;
     pub const ECHO_REQUEST_V6: u8 = 128;
     pub const ECHO_REPLY_V6: u8 = 129;
+    pub const ROUTER_SOLICITATION: u8 = 133;
+    pub const ROUTER_ADVERTISEMENT: u8 = 134;
     pub const NEIGHBOUR_SOLICITATION: u8 = 135;
     pub const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+    pub const REDIRECT: u8 = 137;
     pub const MLD_REPORT_V2: u8 = 143;
 }
 
@@ -135,16 +138,25 @@ impl Packet {
                 target,
                 lladdr,
             } => {
-                let mut h = vec![0u8; 24];
+                // The fixed part of each message (RFC 4861 §4.1–4.5); the target follows
+                // the first four octets where the message has one.
+                let fixed = match icmp_type {
+                    icmp::ROUTER_SOLICITATION => 8,
+                    icmp::ROUTER_ADVERTISEMENT => 16,
+                    icmp::REDIRECT => 40,
+                    _ => 24,
+                };
+                let mut h = vec![0u8; fixed];
                 h[0] = icmp_type;
-                h[8..24].copy_from_slice(&target.octets());
+                if fixed >= 24 {
+                    h[8..24].copy_from_slice(&target.octets());
+                }
                 if let Some(mac) = lladdr {
-                    // Option type 1 (source) for a solicitation, 2 (target) for an
-                    // advertisement; length 1 (8 octets).
-                    h.push(if icmp_type == icmp::NEIGHBOUR_SOLICITATION {
-                        1
-                    } else {
-                        2
+                    // Option type 1 (source) for solicitations and router advertisements, 2
+                    // (target) for advertisements and redirects; length 1 (8 octets).
+                    h.push(match icmp_type {
+                        icmp::NEIGHBOUR_ADVERTISEMENT | icmp::REDIRECT => 2,
+                        _ => 1,
                     });
                     h.push(1);
                     h.extend_from_slice(&mac);

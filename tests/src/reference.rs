@@ -392,17 +392,15 @@ impl Model {
                     Reason::WrongDestination
                 };
             }
-            if !is_group(ip) {
-                return if self.owns(endpoint, ip.dst) {
-                    Reason::Forwarded
-                } else {
-                    Reason::WrongDestination
-                };
-            }
-            return if source == Class::Identity(endpoint.identity) {
-                Reason::Forwarded
-            } else {
-                Reason::Multicast
+            // The README: advertisements answer to the pod's own addresses from anyone (the
+            // sender's egress vouched for them); everything else only from its own identity.
+            let own = source == Class::Identity(endpoint.identity);
+            return match (is_group(ip), own) {
+                (false, _) if !self.owns(endpoint, ip.dst) => Reason::WrongDestination,
+                (false, _) if ip.icmp_type == Some(136) => Reason::Forwarded,
+                (_, true) => Reason::Forwarded,
+                (false, false) => Reason::Policy,
+                (true, false) => Reason::Multicast,
             };
         }
         if ip.fragment {

@@ -746,6 +746,75 @@ fn neighbour_discovery_works_and_other_ethertypes_do_not() {
     let same_net = nd(a2_ll, fx.mac("a2"), "ff02::1".parse().unwrap(), na, a2_ll);
     assert_eq!(fx.ingress("a1", &same_net), Reason::Forwarded);
 
+    // Routers are the node, or pods of the pod's own network: a router advertisement or a
+    // redirect sent straight to a pod by another tenant's pod would make that pod its router.
+    let (rs, ra, redirect) = (
+        icmp::ROUTER_SOLICITATION,
+        icmp::ROUTER_ADVERTISEMENT,
+        icmp::REDIRECT,
+    );
+    let unicast = |mut p: Packet| {
+        p.dst_mac = fx.mac("a1");
+        p
+    };
+    for kind in [ra, redirect] {
+        let rogue = unicast(nd(c1_ll, fx.mac("c1"), a1_ll, kind, c1_ll));
+        assert_eq!(
+            fx.ingress("a1", &rogue),
+            Reason::Policy,
+            "another tenant's unicast ND message of type {kind}"
+        );
+        let own_network = unicast(nd(a2_ll, fx.mac("a2"), a1_ll, kind, a2_ll));
+        assert_eq!(
+            fx.ingress("a1", &own_network),
+            Reason::Forwarded,
+            "type {kind} from the pod's own network"
+        );
+    }
+    let answer = unicast(nd(c1_ll, fx.mac("c1"), a1_ll, na, c1_ll));
+    assert_eq!(
+        fx.ingress("a1", &answer),
+        Reason::Forwarded,
+        "a unicast advertisement answers a solicitation, whoever sends it"
+    );
+    // Every ND message's link-layer option is the sender's own MAC.
+    for kind in [rs, ra, redirect] {
+        let mut lie = nd(a1_ll, fx.mac("a1"), "ff02::2".parse().unwrap(), kind, a1_ll);
+        lie.l4 = L4::Nd {
+            icmp_type: kind,
+            target: a1_ll,
+            lladdr: Some(fx.mac("a2")),
+        };
+        assert_eq!(
+            fx.egress("a1", &lie),
+            Reason::SpoofedMac,
+            "type {kind} pointing at another pod's MAC"
+        );
+        let truth = nd(a1_ll, fx.mac("a1"), "ff02::2".parse().unwrap(), kind, a1_ll);
+        assert_eq!(fx.egress("a1", &truth), Reason::Forwarded, "type {kind}");
+    }
+    // A foreign MAC behind more options than genie reads is refused, not skipped.
+    let mut hidden = nd(a1_ll, fx.mac("a1"), "ff02::2".parse().unwrap(), rs, a1_ll);
+    hidden.l4 = L4::Nd {
+        icmp_type: rs,
+        target: a1_ll,
+        lladdr: None,
+    };
+    let mut options: Vec<u8> = (0..8).flat_map(|_| [31u8, 1, 0, 0, 0, 0, 0, 0]).collect();
+    options.extend_from_slice(&[1, 1]);
+    options.extend_from_slice(&fx.mac("a2"));
+    assert_eq!(
+        fx.probe()
+            .verdict(
+                fx.ifindex("a1"),
+                Direction::Egress,
+                &hidden.frame_with_payload(&options)
+            )
+            .unwrap(),
+        Reason::Malformed,
+        "a link-layer option after eight others"
+    );
+
     // A pod's own link-local address is its own for any traffic; someone else's is not.
     let ping = |src: Ipv6Addr| Packet {
         src_mac: fx.mac("a1"),
