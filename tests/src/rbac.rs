@@ -1,7 +1,7 @@
 //! Whether the RBAC in `deploy/genie.yaml` grants every request the agent made: each request
 //! the API stand-in served is turned into the (verb, API group, resource, namespace, name) the
-//! API server would authorize, and must be allowed by a rule of the agent's ClusterRole or of
-//! a Role in that namespace. A test that passes this has exercised what it checks: a call
+//! API server would authorize, and must be allowed by a rule bound to the service account the
+//! agent's DaemonSet runs as (a ClusterRoleBinding, or a RoleBinding in that namespace). A test that passes this has exercised what it checks: a call
 //! the manifests do not grant would be refused on a real cluster.
 
 use serde_json::Value;
@@ -80,16 +80,68 @@ fn strings(value: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// Whether the roles in `documents` (the manifests of `deploy/genie.yaml`) allow `access`.
-pub fn allows(documents: &[Value], access: &Access) -> bool {
+/// The service account the agent's DaemonSet runs as: (namespace, name).
+fn agent_account(documents: &[Value]) -> Option<(&str, &str)> {
+    let daemonset = documents
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == "genie")?;
+    Some((
+        daemonset["metadata"]["namespace"].as_str()?,
+        daemonset["spec"]["template"]["spec"]["serviceAccountName"].as_str()?,
+    ))
+}
+
+/// The rules granted to the agent's service account in `namespace` (`None`: cluster-scoped),
+/// as the API server's RBAC authorizer finds them: through a ClusterRoleBinding anywhere, or
+/// a RoleBinding in that namespace, whose subjects name the account and whose `roleRef` names
+/// a role that exists (a Role of the binding's namespace, or a ClusterRole).
+fn granted_rules<'a>(documents: &'a [Value], namespace: Option<&str>) -> Vec<&'a Value> {
+    let Some((sa_namespace, sa_name)) = agent_account(documents) else {
+        return Vec::new();
+    };
+    let role = |kind: &str, name: &str, role_namespace: Option<&str>| {
+        documents.iter().find(move |d| {
+            d["kind"] == kind
+                && d["metadata"]["name"] == name
+                && (kind == "ClusterRole" || d["metadata"]["namespace"].as_str() == role_namespace)
+        })
+    };
     documents
         .iter()
-        .filter(|d| match d["kind"].as_str() {
-            Some("ClusterRole") => true,
-            Some("Role") => access.namespace.as_deref() == d["metadata"]["namespace"].as_str(),
-            _ => false,
+        .filter(|binding| {
+            binding["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s["name"] == sa_name
+                        && s["namespace"] == sa_namespace
+                })
+        })
+        .filter_map(|binding| {
+            let reference = &binding["roleRef"];
+            let (kind, name) = (reference["kind"].as_str()?, reference["name"].as_str()?);
+            match binding["kind"].as_str()? {
+                "ClusterRoleBinding" if kind == "ClusterRole" => role(kind, name, None),
+                "RoleBinding" => {
+                    let binding_namespace = binding["metadata"]["namespace"].as_str();
+                    (namespace.is_some() && binding_namespace == namespace)
+                        .then(|| role(kind, name, binding_namespace))
+                        .flatten()
+                }
+                _ => None,
+            }
         })
         .flat_map(|role| role["rules"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// Whether the manifests in `documents` (those of `deploy/genie.yaml`) grant `access` to the
+/// service account the agent runs as.
+pub fn allows(documents: &[Value], access: &Access) -> bool {
+    granted_rules(documents, access.namespace.as_deref())
+        .into_iter()
         .any(|rule| {
             let names = strings(&rule["resourceNames"]);
             strings(&rule["apiGroups"]).contains(&access.group.as_str())
@@ -99,13 +151,17 @@ pub fn allows(documents: &[Value], access: &Access) -> bool {
         })
 }
 
-/// The requests in `requests` that the manifests at `deploy/genie.yaml` do not grant.
-pub fn refused(requests: &[String]) -> Vec<String> {
+fn manifests() -> Vec<Value> {
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/genie.yaml"),
     )
     .expect("deploy/genie.yaml is readable");
-    let documents = crate::apiserver::objects_from_yaml(&text).expect("deploy/genie.yaml is YAML");
+    crate::apiserver::objects_from_yaml(&text).expect("deploy/genie.yaml is YAML")
+}
+
+/// The requests in `requests` that the manifests at `deploy/genie.yaml` do not grant.
+pub fn refused(requests: &[String]) -> Vec<String> {
+    let documents = manifests();
     requests
         .iter()
         .filter(|r| access_of(r).is_none_or(|a| !allows(&documents, &a)))
@@ -154,5 +210,43 @@ mod tests {
                 "GET /api/v1/namespaces/kube-system/services?watch=true",
             ]
         );
+    }
+
+    /// Rules grant nothing without a binding of the agent's own service account.
+    #[test]
+    fn only_rules_bound_to_the_agents_account_count() {
+        let watch_pods = access_of("GET /api/v1/pods?watch=true").unwrap();
+        let dns = access_of(
+            "GET /api/v1/namespaces/kube-system/services?fieldSelector=metadata.name%3Dkube-dns",
+        )
+        .unwrap();
+        let documents = manifests();
+        assert!(allows(&documents, &watch_pods) && allows(&documents, &dns));
+        let without = |kind: &str| -> Vec<Value> {
+            documents
+                .iter()
+                .filter(|d| d["kind"] != kind)
+                .cloned()
+                .collect()
+        };
+        assert!(!allows(&without("ClusterRoleBinding"), &watch_pods));
+        assert!(!allows(&without("RoleBinding"), &dns));
+        let other_account: Vec<Value> = documents
+            .iter()
+            .cloned()
+            .map(|mut d| {
+                if d["kind"] == "DaemonSet" {
+                    d["spec"]["template"]["spec"]["serviceAccountName"] = "default".into();
+                }
+                d
+            })
+            .collect();
+        assert!(!allows(&other_account, &watch_pods));
+        // A RoleBinding grants only in its own namespace.
+        let elsewhere = access_of(
+            "GET /api/v1/namespaces/default/services?fieldSelector=metadata.name%3Dkube-dns",
+        )
+        .unwrap();
+        assert!(!allows(&documents, &elsewhere));
     }
 }

@@ -16,6 +16,14 @@ use genie_tests::{
 use serde_json::{Value, json};
 
 /// Tenants red and blue; red's networks red-a (limited) and red-b; a physical network.
+/// [`objects`] with red-b peered with red-a.
+fn red_b_peered_with_red_a() -> String {
+    objects().replace(
+        "spec: {tenant: red, subnet: 198.18.2.0/24}",
+        "spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {peers: [{network: red-a}]}}",
+    )
+}
+
 fn objects() -> String {
     two_tenants_and(
         "
@@ -183,10 +191,7 @@ fn the_kube_source_enforces_what_the_file_source_does() {
     });
 
     // A change through the API is enforced like a change of the files.
-    let peered = objects().replace(
-        "spec: {tenant: red, subnet: 198.18.2.0/24}",
-        "spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {peers: [{network: red-a}]}}",
-    );
+    let peered = red_b_peered_with_red_a();
     let (b, a) = (from_api.topo.pod("b"), from_api.topo.pod("a"));
     assert!(
         !tcp_echo(b, a, 7600).unwrap(),
@@ -246,10 +251,7 @@ fn broken_watches_and_an_outage_change_no_verdict() {
     let before = enforced(&node);
 
     // Connections dropped: the resumed watches deliver a change made right after.
-    let peered_now = objects().replace(
-        "spec: {tenant: red, subnet: 198.18.2.0/24}",
-        "spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {peers: [{network: red-a}]}}",
-    );
+    let peered_now = red_b_peered_with_red_a();
     api.drop_watches();
     put_all(&api, &peered_now);
     wait_until("a change after dropped watches applied", || {
@@ -276,10 +278,7 @@ fn broken_watches_and_an_outage_change_no_verdict() {
 
     // 30 s without an API server; meanwhile red-b is peered with red-a.
     api.stop();
-    let peered = objects().replace(
-        "spec: {tenant: red, subnet: 198.18.2.0/24}",
-        "spec: {tenant: red, subnet: 198.18.2.0/24, isolation: {peers: [{network: red-a}]}}",
-    );
+    let peered = red_b_peered_with_red_a();
     put_all(&api, &peered);
     let outage = std::time::Instant::now();
     let mut port = 7630;
@@ -398,14 +397,7 @@ impl ClusterNode {
 
     /// The identity this node's maps give `ip` (0: none).
     fn identity_of(&self, ip: std::net::Ipv4Addr) -> u32 {
-        let state = genie_agent::dataplane::PinnedMaps::open(self.node.bpffs())
-            .unwrap()
-            .read_state()
-            .unwrap();
-        state
-            .addrs
-            .get(&genie_common::maps::IpAddr16::from_v4(ip.octets()))
-            .map_or(0, |a| a.identity)
+        addr_identity(&self.node, ip.octets()).unwrap_or(0)
     }
 }
 
@@ -527,27 +519,19 @@ fn remote_identities_come_only_from_what_genie_publishes() {
         "status": {"addresses": [{"type": "InternalIP", "address": "198.19.254.2"}]}}),
     )
     .unwrap();
-    let mut n1 = ClusterNode::new(&api, "n1", "198.18.20.0/24");
-    wait_until("n1 classifies n2's address as HOST", || {
-        host_entry(&n1.node, [198, 19, 254, 2]) == Some(genie_common::identity::HOST)
-    });
-
     // Anyone who may edit a pod may write its network-status: it gives no identity, neither to
-    // a pod address nor to another node's address.
+    // a pod address nor to another node's address. The pod exists before n1's agent starts,
+    // whose first reconcile waits for every watch's first list: once n2's address is HOST
+    // there, n1 has seen the pod.
     api.put(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "evil", "namespace": "blue", "annotations": {
             "k8s.v1.cni.cncf.io/network-status":
                 r#"[{"name": "genie", "interface": "eth0", "default": true, "ips": ["198.19.254.2", "198.18.21.7"]}]"#}},
         "spec": {"nodeName": "n2", "containers": []}}))
         .unwrap();
-    // A node added after the pod: once n1 shows its address as HOST, it has seen the pod.
-    api.put(
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n3"}, "spec": {},
-        "status": {"addresses": [{"type": "InternalIP", "address": "198.19.254.3"}]}}),
-    )
-    .unwrap();
-    wait_until("n1 classifies n3's address as HOST", || {
-        host_entry(&n1.node, [198, 19, 254, 3]) == Some(genie_common::identity::HOST)
+    let mut n1 = ClusterNode::new(&api, "n1", "198.18.20.0/24");
+    wait_until("n1 classifies n2's address as HOST", || {
+        host_entry(&n1.node, [198, 19, 254, 2]) == Some(genie_common::identity::HOST)
     });
     assert_eq!(
         addr_identity(&n1.node, [198, 18, 21, 7]),
@@ -579,8 +563,11 @@ fn remote_identities_come_only_from_what_genie_publishes() {
     wait_until("n1 learns n2's published pod", || {
         addr_identity(&n1.node, [198, 18, 21, 8]).is_some()
     });
-    let blue = addr_identity(&n1.node, [198, 18, 21, 8]).unwrap();
-    assert_ne!(blue, 0);
+    assert_eq!(
+        addr_identity(&n1.node, [198, 18, 21, 8]),
+        Some(genie_common::identity::network_identity(b"default/blue")),
+        "n2's pod has blue's default-network identity"
+    );
     assert_eq!(
         addr_identity(&n1.node, [198, 18, 21, 7]),
         None,
