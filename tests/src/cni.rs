@@ -294,8 +294,12 @@ pub fn footprint(node: &TestNode) -> Footprint {
 
 /// The names of the links in a namespace, sorted.
 pub fn link_names(ns: &Netns) -> Vec<String> {
-    let out = ns.ip(&["-o", "link", "show"]).expect("ip link show");
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    names_of_links(&ns.ip(&["-o", "link", "show"]).expect("ip link show").stdout)
+}
+
+/// The interface names in the output of `ip -o link`, sorted, without their `@peer`.
+pub fn names_of_links(output: &[u8]) -> Vec<String> {
+    let mut names: Vec<String> = String::from_utf8_lossy(output)
         .lines()
         .filter_map(|l| l.split(':').nth(1))
         .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())

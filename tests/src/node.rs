@@ -35,6 +35,17 @@ pub fn genie_binary() -> PathBuf {
     dir.join("genie")
 }
 
+/// Detaches the link pinned at `pin` as an operator's tool would (`bpftool link detach`); the
+/// pin stays, its link defunct.
+pub fn detach_by_hand(pin: &Path) {
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool link detach {pin:?}: {out:?}");
+}
+
 /// A node with its agent's files. Dropping it stops the agent, removes the files and (through
 /// the topology) every pin and namespace.
 #[derive(Debug)]

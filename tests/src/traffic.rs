@@ -42,9 +42,10 @@ impl Reachable for AtIp<'_> {
         self.netns
     }
     fn ipv4(&self) -> Ipv4Addr {
+        // 0.0.0.0 would reach the local host and make a positive check pass.
         match self.ip {
             IpAddr::V4(v4) => v4,
-            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            IpAddr::V6(v6) => panic!("{v6} has no IPv4 address: use `address()`"),
         }
     }
     fn address(&self) -> IpAddr {

@@ -3,7 +3,7 @@
 //! all of them; refusals with their own codes that change nothing; rollback of a failed
 //! attachment; ADD/DEL cycles that leave nothing behind; CHECK, VERSION, STATUS and GC.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, process::Command};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use genie_agent::dataplane::PinnedMaps;
 use genie_tests::{
@@ -357,21 +357,16 @@ fn a_pod_with_three_interfaces_is_isolated_on_every_one() {
         .unwrap()
         .expect_ok("CHECK p");
     let p_eth2 = endpoints_of(&n, "p", "eth2");
-    let pin = n
-        .node
-        .bpffs()
-        .join("links")
-        .join(format!("ep{p_eth2}_egress"));
+    let pin = genie_agent::dataplane::link_pin_path(
+        n.node.bpffs(),
+        p_eth2,
+        genie_common::Direction::Egress,
+    );
     // The agent's periodic resync attaches a detached program again (10 s); should it fall
     // between the detach and CHECK, detach once more.
     let mut check = None;
     for _ in 0..3 {
-        let out = Command::new("bpftool")
-            .args(["link", "detach", "pinned"])
-            .arg(&pin)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "bpftool link detach: {out:?}");
+        genie_tests::node::detach_by_hand(&pin);
         let reply = n
             .runtime
             .call("CHECK", &sandbox("cafe0001", "red", "p", &p_ns))

@@ -290,12 +290,7 @@ fn a_test_that_panics_midway_leaves_nothing_behind() {
     let before = names::leftovers_of_this_process();
     let root_links = || {
         let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
-            .collect();
-        names.sort();
-        names
+        genie_tests::cni::names_of_links(&out.stdout)
     };
     let links_before = root_links();
     /// The payload of the deliberate panic, so an accidental one cannot pass for it.

@@ -147,11 +147,6 @@ fn eui64(mac: [u8; 6]) -> Ipv6Addr {
     ])
 }
 
-/// A UDP datagram in an Ethernet frame, carrying `marker` as its payload.
-fn frame_with_marker(p: Packet, marker: &[u8]) -> Vec<u8> {
-    p.frame_with_payload(marker)
-}
-
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn raw_frames_reach_a_pod_only_when_addressed_to_it() {
@@ -188,7 +183,7 @@ fn raw_frames_reach_a_pod_only_when_addressed_to_it() {
         let marker = format!("genie-covert-{what}");
         for _ in 0..3 {
             attacker
-                .send(&frame_with_marker(p, marker.as_bytes()))
+                .send(&p.frame_with_payload(marker.as_bytes()))
                 .unwrap();
         }
         assert_eq!(
@@ -204,7 +199,7 @@ fn raw_frames_reach_a_pod_only_when_addressed_to_it() {
     let sender = RawSocket::open(&r2.netns, "eth0").unwrap();
     for _ in 0..3 {
         sender
-            .send(&frame_with_marker(own, b"genie-honest"))
+            .send(&own.frame_with_payload(b"genie-honest"))
             .unwrap();
     }
     assert!(capture.count_received(b"genie-honest", Duration::from_millis(300)) > 0);
@@ -239,6 +234,32 @@ fn raw_frames_reach_a_pod_only_when_addressed_to_it() {
         capture_r2.count_received(&marker, Duration::from_millis(300)),
         0,
         "blue's advertisement of r1's link-local address reached r2"
+    );
+    // Within red, where group ND is delivered (below), r2's advertisement of r1's address
+    // stops at r2: a pod announces only its own addresses.
+    let lie_in_red = Packet {
+        src_mac: r2_mac,
+        src: IpAddr::V6(eui64(r2_mac)),
+        l4: L4::Nd {
+            icmp_type: icmp::NEIGHBOUR_ADVERTISEMENT,
+            target: r1_ll,
+            lladdr: Some(r2_mac),
+        },
+        ..lie
+    };
+    for _ in 0..3 {
+        sender.send(&lie_in_red.frame()).unwrap();
+    }
+    let claims_r1: Vec<u8> = r1_ll
+        .octets()
+        .into_iter()
+        .chain([2, 1])
+        .chain(r2_mac)
+        .collect();
+    assert_eq!(
+        capture.count_received(&claims_r1, Duration::from_millis(300)),
+        0,
+        "r2's advertisement of r1's link-local address reached r1"
     );
     // r2's own advertisement of its own address does reach r1.
     let r2_ll = eui64(r2_mac);
@@ -345,8 +366,45 @@ fn a_connection_flood_evicts_only_the_flooding_tenants_flows() {
     let mut buf = [0u8; 16];
     to_client.read_exact(&mut buf[..5]).unwrap();
 
+    // The premise: green's server may not open a connection to the client, so the push below
+    // arrives only as part of the tracked connection.
+    let _client_echo = genie_tests::traffic::EchoServer::start(client, 8081).unwrap();
+    assert!(
+        !genie_tests::traffic::tcp_connect_echo(server, client.ipv4, 8081).unwrap(),
+        "the server opened a connection to the client"
+    );
+
     // Far more new flows than every tracking table of the node used to hold together.
     flood(&node.topo.pod("flooder").netns, 450_000);
+    // The flood filled blue's table: the eviction below would otherwise prove nothing.
+    let maps = genie_agent::dataplane::PinnedMaps::open(node.bpffs()).unwrap();
+    let zone_of = |pod: &str| {
+        let state = maps.read_state().unwrap();
+        let id = node
+            .call(&genie_agent::api::Request::Endpoints)
+            .unwrap()
+            .endpoints
+            .unwrap()
+            .into_iter()
+            .find(|e| e.request.pod == pod)
+            .unwrap()
+            .map_key();
+        state.endpoints[&id].ct_zone
+    };
+    let blue_zone = zone_of("flooder");
+    assert_ne!(blue_zone, zone_of("client"), "one table for two tenants");
+    let blue_flows = maps
+        .zones()
+        .table(blue_zone)
+        .unwrap()
+        .unwrap()
+        .keys()
+        .count();
+    let capacity = maps.zones().capacities().unwrap()[&blue_zone];
+    assert!(
+        blue_flows as u32 >= capacity * 9 / 10,
+        "blue's table holds {blue_flows} of {capacity} flows after the flood"
+    );
 
     // The idle connection, allowed one way only, still carries what the server sends first.
     to_client.write_all(b"push").unwrap();

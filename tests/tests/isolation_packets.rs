@@ -575,6 +575,16 @@ fn spoofed_sources_are_dropped() {
             .unwrap(),
         Reason::SpoofedMac
     );
+    // The classic one: "the gateway is at my MAC". Receivers take the node's ARP from anyone
+    // (below), so this must stop at the sender.
+    let claims_gateway = packet::arp_request(a1.mac, a1.mac, a1.gateway, a2.ipv4);
+    assert_eq!(
+        fx.probe()
+            .verdict(fx.ifindex("a1"), Direction::Egress, &claims_gateway)
+            .unwrap(),
+        Reason::SpoofedIp,
+        "a pod announcing the gateway's address"
+    );
     // Delivered to a pod is what asks about its own address, and whatever the node sends.
     let asks_a1 = packet::arp_request(a2.mac, a2.mac, a2.ipv4, a1.ipv4);
     assert_eq!(

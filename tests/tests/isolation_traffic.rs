@@ -702,6 +702,17 @@ fn a_tenant_cannot_open_a_path_into_another_tenant_alone() {
         !traffic::tcp_connect_echo(node.topo.pod("bb1"), ra1.ipv4, 8080).unwrap(),
         "red let in blue-a, not blue-b"
     );
+    // Consent is one way: red's network still cannot open anything into blue's.
+    let _blue_server = traffic::EchoServer::start(ba1, 8080).unwrap();
+    let the_node = traffic::NodeAt {
+        netns: node.topo.node(),
+        ipv4: ba1.gateway,
+    };
+    assert!(traffic::tcp_connect_echo(&the_node, ba1.ipv4, 8080).unwrap());
+    assert!(
+        !traffic::tcp_connect_echo(ra1, ba1.ipv4, 8080).unwrap(),
+        "red's consent opened blue to red"
+    );
 }
 
 #[test]
@@ -722,28 +733,30 @@ fn programs_detached_by_hand_are_attached_again() {
         .id;
     assert!(!traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap());
     // Someone clears ra1's hooks: it reaches the node for a moment.
-    for direction in Direction::ALL {
-        let pin = genie_agent::dataplane::link_pin_path(node.bpffs(), id, direction);
-        let out = Command::new("bpftool")
-            .args(["link", "detach", "pinned"])
-            .arg(&pin)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+    let pins = Direction::ALL.map(|d| genie_agent::dataplane::link_pin_path(node.bpffs(), id, d));
+    for pin in &pins {
+        genie_tests::node::detach_by_hand(pin);
     }
     assert!(
         traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap(),
         "without its programs ra1 reaches the node (the premise of this test)"
     );
-    // The agent's next resync puts them back.
+    // The agent's next resync puts both back.
     let deadline = std::time::Instant::now() + Duration::from_secs(25);
-    while traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap() {
+    let attached_to =
+        |pin: &std::path::PathBuf| genie_agent::dataplane::pinned_link_ifindex(pin).unwrap();
+    while pins.iter().any(|pin| attached_to(pin).is_none()) {
         assert!(
             std::time::Instant::now() < deadline,
-            "ra1 stayed open:\n{}",
+            "ra1's programs stayed detached:\n{}",
             node.agent_log()
         );
         thread::sleep(Duration::from_millis(500));
     }
+    let ifindex = endpoints.iter().find(|e| e.id == id).unwrap().ifindex;
+    for pin in &pins {
+        assert_eq!(attached_to(pin), Some(ifindex), "{pin:?}");
+    }
+    assert!(!traffic::tcp_connect_echo(ra1, ra1.gateway, 8080).unwrap());
     assert!(traffic::tcp_echo(node.topo.pod("ra2"), ra1, 8081).unwrap());
 }

@@ -15,8 +15,8 @@ use std::{
 use genie_tests::{
     TestNode, Topology,
     cni::{
-        CniCluster, CniPod, DEBIAN_CNI_PATH, Sandbox, default_network, files_under, footprint,
-        link_names,
+        CniCluster, CniPod, DEBIAN_CNI_PATH, Sandbox, attachments, default_network, files_under,
+        footprint, link_names,
     },
     node::genie_binary,
     topology::Netns,
@@ -152,8 +152,19 @@ fn losing_the_state_directory_keeps_every_pod_isolated() {
     fs::remove_dir_all(c.node.state_dir()).unwrap();
     c.node.spawn_agent().unwrap();
     assert_isolated(&c, &a, &a2, &b, 7110, "after the state directory was lost");
-    let endpoints = inspected_endpoints(&c);
-    assert_eq!(endpoints.len(), 4, "a (eth0, eth1), a2, b: {endpoints:?}");
+    // The registry is rebuilt (the maps alone would list the same four rows): every endpoint
+    // is the agent's again, adopted from the maps as they are enforced.
+    let registered = c
+        .node
+        .call(&genie_agent::api::Request::Endpoints)
+        .unwrap()
+        .endpoints
+        .unwrap();
+    assert_eq!(registered.len(), 4, "a (eth0, eth1), a2, b: {registered:?}");
+    assert!(
+        registered.iter().all(|e| e.recovered.is_some()),
+        "{registered:?}"
+    );
 
     // A pod whose namespace goes is forgotten even though no DEL can name it any more.
     drop(b);
@@ -234,11 +245,7 @@ fn a_del_lost_while_the_agent_was_down_is_swept_at_start() {
     drop(b);
     c.node.spawn_agent().unwrap();
     assert_eq!(footprint(&c.node), before);
-    let listed = genie(&c, &["inspect", "attachments", "--json"]);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&listed.stdout).unwrap(),
-        json!([])
-    );
+    assert_eq!(attachments(&c.node).unwrap(), json!([]));
 }
 
 /// A delegate that behaves like Debian's bridge plugin but takes its time after creating the
@@ -265,10 +272,35 @@ fn address_of(ns: &Netns, ifname: &str) -> Option<std::net::Ipv4Addr> {
     rest.split('/').next()?.parse().ok()
 }
 
-#[test]
-#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
-fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
-    let c = cluster();
+/// A namespace plugged into the default network's bridge by hand at `address`, with no
+/// program of genie's: what any interface there would reach.
+fn unprotected_port(c: &CniCluster, label: &str, address: &str) -> Netns {
+    let ns = c.netns(label, false).unwrap();
+    let host_side = format!("{label}-h");
+    let node = c.node.topo.node();
+    node.ip(&[
+        "link",
+        "add",
+        &host_side,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])
+    .unwrap();
+    node.ip(&["link", "set", &host_side, "master", "gbr-def", "up"])
+        .unwrap();
+    ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns
+}
+
+/// A slow default-network delegate for `c`'s runtime (see [`slow_bridge`]).
+fn slow_runtime(c: &CniCluster) -> genie_tests::cni::Runtime {
     let mut runtime = c.runtime.clone();
     let mut slow = default_network(DEFAULT_SUBNET);
     slow["type"] = json!("slow-bridge");
@@ -277,6 +309,14 @@ fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
         slow_bridge(&c.node.dir().join("plugins")),
         PathBuf::from(DEBIAN_CNI_PATH),
     ];
+    runtime
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
+    let c = cluster();
+    let runtime = slow_runtime(&c);
     let before = footprint(&c.node);
     let ns = c.netns("victim", false).unwrap();
     let sandbox = Sandbox::new("c0v", "blue", "victim", &ns.path());
@@ -299,6 +339,18 @@ fn an_agent_killed_in_the_middle_of_add_leaves_no_open_interface() {
         !tcp_echo(&victim, &gateway(&c), 7300).unwrap(),
         "the interface the dead ADD left reached the node"
     );
+    // The premise: an interface on the same bridge without genie's programs reaches the node.
+    {
+        let control = unprotected_port(&c, "control", "198.18.20.250");
+        let control = NodeAt {
+            netns: &control,
+            ipv4: "198.18.20.250".parse().unwrap(),
+        };
+        assert!(
+            tcp_echo(&control, &gateway(&c), 7301).unwrap(),
+            "an unprotected interface does not reach the node: the check above proves nothing"
+        );
+    }
     // The restarted agent removes what the dead ADD made.
     c.node.spawn_agent().unwrap();
     assert_eq!(link_names(&ns), ["lo"]);
@@ -371,8 +423,52 @@ fn sigterm_stops_cleanly_and_enforcement_stays() {
 
 #[test]
 #[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
+fn sigterm_during_an_add_lets_it_finish_enforced() {
+    let c = cluster();
+    let runtime = slow_runtime(&c);
+    let ns = c.netns("late", false).unwrap();
+    let sandbox = Sandbox::new("c0l", "blue", "late", &ns.path());
+    let (add, stopped) = thread::scope(|scope| {
+        let add = scope.spawn(|| runtime.call("ADD", &sandbox).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while address_of(&ns, "eth0").is_none() {
+            assert!(Instant::now() < deadline, "the delegate never made eth0");
+            thread::sleep(Duration::from_millis(20));
+        }
+        // The delegate is still running (it sleeps 4 s before answering).
+        let stopped = c.node.terminate_agent().unwrap();
+        (add.join().unwrap(), stopped)
+    });
+    assert!(stopped.success(), "{stopped:?}: {}", c.node.agent_log());
+    assert_eq!(
+        add.exit_code, 0,
+        "the ADD in progress was cut off: {}",
+        add.raw
+    );
+    // Its interface is under genie's programs, which stay with the agent gone.
+    let endpoints: Vec<Value> = inspected_endpoints(&c)
+        .into_iter()
+        .filter(|e| e["pod"] == "late")
+        .collect();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    let id = u32::try_from(endpoints[0]["id"].as_u64().unwrap()).unwrap();
+    for direction in genie_common::Direction::ALL {
+        let pin = genie_agent::dataplane::link_pin_path(c.node.bpffs(), id, direction);
+        assert!(
+            genie_agent::dataplane::pinned_link_ifindex(&pin)
+                .unwrap()
+                .is_some(),
+            "{pin:?}"
+        );
+    }
+    assert!(!c.node.socket().exists(), "the socket stayed");
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, runs CNI plugins and loads eBPF; run `cargo xtask test`"]
 fn concurrent_adds_share_the_last_quota_exactly() {
     let c = cluster();
+    let before = footprint(&c.node);
     let namespaces: Vec<Netns> = (1..=6)
         .map(|i| c.netns(&format!("g{i}"), false).unwrap())
         .collect();
@@ -408,6 +504,8 @@ fn concurrent_adds_share_the_last_quota_exactly() {
         for s in &sandboxes {
             c.runtime.call("DEL", s).unwrap().expect_ok("DEL");
         }
+        // The refused ADDs left nothing either (links, leases, cache, records, pins).
+        assert_eq!(footprint(&c.node), before, "round {round}");
     }
 }
 
@@ -422,6 +520,11 @@ fn pins_of_another_layout_refuse_the_start_and_stay() {
         aya::maps::HashMap::create(16, 0).unwrap();
     let pin = node.bpffs().join("genie_endpoints");
     old.pin(&pin).unwrap();
+    let pinned_map = || {
+        let info = aya::maps::MapData::from_pin(&pin).unwrap().info().unwrap();
+        (info.id(), info.value_size())
+    };
+    let before = pinned_map();
     let error = node.spawn_agent().unwrap_err().to_string();
     assert!(
         error.contains("another layout")
@@ -430,5 +533,5 @@ fn pins_of_another_layout_refuse_the_start_and_stay() {
         "{error}"
     );
     assert!(!error.contains("Verifier output"), "{error}");
-    assert!(pin.exists(), "the old pin was left as it was");
+    assert_eq!(pinned_map(), before, "the old pin was left as it was");
 }

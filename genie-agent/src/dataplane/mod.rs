@@ -219,16 +219,7 @@ impl Dataplane {
         direction: Direction,
     ) -> Result<Option<u32>, DataplaneError> {
         let path = link_pin_path(&self.bpffs, endpoint_id, direction);
-        let fd = match sys::obj_get(&path) {
-            Ok(fd) => fd,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(DataplaneError::Detach { path, source }),
-        };
-        let ifindex = sys::tcx_link_ifindex(&fd).map_err(|source| DataplaneError::Detach {
-            path: path.clone(),
-            source,
-        })?;
-        Ok((ifindex != 0).then_some(ifindex))
+        pinned_link_ifindex(&path).map_err(|source| DataplaneError::Detach { path, source })
     }
 
     /// Detaches both programs of an endpoint now and removes their pins. Idempotent.
@@ -447,11 +438,21 @@ fn classifier_mut<'a>(
         })
 }
 
+/// The interface the TCX link pinned at `pin` is attached to: `None` when there is no such pin
+/// or its link was detached (by hand, or with its interface). Debian's bpftool (7.1) cannot
+/// tell: it predates TCX link information.
+pub fn pinned_link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
+    let fd = match sys::obj_get(pin) {
+        Ok(fd) => fd,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    Ok(Some(sys::tcx_link_ifindex(&fd)?).filter(|ifindex| *ifindex != 0))
+}
+
 /// Whether the link pinned at `pin` is still attached to an interface.
 fn link_is_live(pin: &Path) -> bool {
-    sys::obj_get(pin)
-        .and_then(|fd| sys::tcx_link_ifindex(&fd))
-        .is_ok_and(|ifindex| ifindex != 0)
+    pinned_link_ifindex(pin).is_ok_and(|ifindex| ifindex.is_some())
 }
 
 /// Where the `to_host` link of a bridge is pinned.
