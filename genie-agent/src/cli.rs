@@ -252,6 +252,13 @@ pub fn networks_table(rows: &[NetworkRow]) -> String {
                 yes_no(r.allow_host_access),
                 yes_no(r.allow_external),
                 yes_no(r.allow_external_ingress),
+                if r.status.is_empty() {
+                    "-".to_owned()
+                } else if r.problems.is_empty() {
+                    r.status.clone()
+                } else {
+                    format!("{} ({})", r.status, r.problems)
+                },
             ]
         })
         .collect();
@@ -265,6 +272,7 @@ pub fn networks_table(rows: &[NetworkRow]) -> String {
             "HOST ACCESS",
             "EXTERNAL",
             "EXTERNAL INGRESS",
+            "STATUS",
         ],
         &cells,
     )

@@ -440,7 +440,7 @@ fn run_inspect(
         }
         InspectCommand::Networks => {
             require_bpffs()?;
-            let rows = inspect::networks(bpffs)?;
+            let rows = inspect::networks(bpffs, state_dir)?;
             (serde_json::to_value(&rows)?, cli::networks_table(&rows))
         }
         InspectCommand::Stats => {

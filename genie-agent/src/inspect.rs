@@ -435,10 +435,63 @@ pub struct NetworkRow {
     pub allow_host_access: bool,
     pub allow_external: bool,
     pub allow_external_ingress: bool,
+    /// `Enforced`, `LastValidVersionEnforced` or `Refused` (nothing in force), from the
+    /// agent's last verdict on the network's object (its Tenant for a default network).
+    pub status: String,
+    /// Why the current spec is refused.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub problems: String,
 }
 
-/// Networks with their subnets, flags and local endpoints, from the pins.
-pub fn networks(bpffs: &Path) -> Result<Vec<NetworkRow>, DataplaneError> {
+/// Networks with their subnets, flags and local endpoints, from the pins, with the agent's
+/// last verdict on each (refused networks with nothing in force are listed too).
+pub fn networks(bpffs: &Path, state_dir: &Path) -> Result<Vec<NetworkRow>, DataplaneError> {
+    use crate::model::{Enforced, Kind};
+    let verdicts = crate::agent::read_verdicts(state_dir);
+    let verdict_of = |tenant: &str, network: &str| {
+        let (kind, name) = if network == crate::model::DEFAULT_NETWORK {
+            (Kind::Tenant, tenant)
+        } else {
+            (Kind::LogicalNetwork, network)
+        };
+        verdicts.iter().find(|v| v.kind == kind && v.name == name)
+    };
+    let status = |enforced: Enforced, accepted: bool| {
+        match (enforced, accepted) {
+            (Enforced::Current, _) => "Enforced",
+            (Enforced::LastValidVersion, _) => "LastValidVersionEnforced",
+            (Enforced::Nothing, _) => "Refused",
+        }
+        .to_owned()
+    };
+    let mut rows = networks_from_pins(bpffs)?;
+    for row in &mut rows {
+        if let Some(v) = verdict_of(&row.tenant, &row.network) {
+            row.status = status(v.enforced, v.accepted());
+            row.problems = v.problem_text();
+        }
+    }
+    for v in verdicts
+        .iter()
+        .filter(|v| v.kind == Kind::LogicalNetwork && v.enforced == Enforced::Nothing)
+    {
+        rows.push(NetworkRow {
+            tenant: String::new(),
+            network: v.name.clone(),
+            identity: 0,
+            cidrs: Vec::new(),
+            endpoints: 0,
+            allow_host_access: false,
+            allow_external: false,
+            allow_external_ingress: false,
+            status: status(v.enforced, v.accepted()),
+            problems: v.problem_text(),
+        });
+    }
+    Ok(rows)
+}
+
+fn networks_from_pins(bpffs: &Path) -> Result<Vec<NetworkRow>, DataplaneError> {
     let maps = PinnedMaps::open(bpffs)?;
     let state = maps.read_state()?;
     let view = policy_view(&maps, &state)?;
@@ -464,6 +517,8 @@ pub fn networks(bpffs: &Path) -> Result<Vec<NetworkRow>, DataplaneError> {
             allow_host_access: i.allow_host_access,
             allow_external: i.allow_external,
             allow_external_ingress: i.allow_external_ingress,
+            status: String::new(),
+            problems: String::new(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.tenant, &a.network).cmp(&(&b.tenant, &b.network)));

@@ -199,6 +199,12 @@ impl ApiServer {
         {
             object["status"] = old["status"].clone();
         }
+        // Like the real server: set at creation, kept on every update. One second per
+        // version keeps "older" unambiguous between objects.
+        object["metadata"]["creationTimestamp"] = match &existing {
+            Some(old) => old["metadata"]["creationTimestamp"].clone(),
+            None => json!(rfc3339(CREATION_EPOCH + version)),
+        };
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         object["metadata"]["generation"] = json!(generation);
         object["metadata"]["uid"] = json!(format!("uid-{}-{}", key.1, key.2));
@@ -653,4 +659,40 @@ fn watch(
     drop(s);
     write!(stream, "0\r\n\r\n")?;
     Ok(())
+}
+
+/// 2026-01-01T00:00:00Z: creation timestamps count up from here.
+const CREATION_EPOCH: u64 = 1_767_225_600;
+
+/// Seconds since the epoch as RFC 3339 UTC (days to a civil date: H. Hinnant's algorithm).
+fn rfc3339(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rem = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(
+            super::rfc3339(super::CREATION_EPOCH),
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(super::rfc3339(951_782_400 + 86_399), "2000-02-29T23:59:59Z");
+    }
 }

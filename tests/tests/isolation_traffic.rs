@@ -354,21 +354,25 @@ fn removing_a_peer_rule_stops_an_established_connection() {
 
 #[test]
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
-fn an_invalid_configuration_is_rejected_and_the_last_valid_state_stays() {
+fn an_invalid_object_is_refused_alone_and_an_unreadable_file_blocks_nothing_enforced() {
     let node = six_pods();
     let status = || node.call(&Request::Status).unwrap().status.unwrap();
     let before = status();
-    // A peer that names nothing, in a second file.
+    // A peer that names nothing, in a second file: that object is refused, nothing else.
     node.write_config_file(
         "broken.yaml",
         "apiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {name: green}\nspec:\n  tenant: blue\n  subnet: 198.18.9.0/24\n  isolation:\n    peers: [{network: nowhere}]\n",
     )
     .unwrap();
-    node.wait_for("the agent to reject the file", || {
-        status().config_error.is_some()
+    node.wait_for("the agent to refuse the object", || {
+        status().refused.iter().any(|v| v.name == "green")
     })
     .unwrap();
-    let error = status().config_error.unwrap();
+    let now = status();
+    assert_eq!(now.config_error, None, "only the object is refused");
+    let green = &now.refused[0];
+    assert_eq!(now.refused.len(), 1, "{:?}", now.refused);
+    let error = green.problems[0].to_string();
     for part in [
         "broken.yaml",
         "LogicalNetwork",
@@ -381,11 +385,7 @@ fn an_invalid_configuration_is_rejected_and_the_last_valid_state_stays() {
             "the error does not name {part}: {error}"
         );
     }
-    assert_eq!(
-        status().policy_epoch,
-        before.policy_epoch,
-        "nothing was written"
-    );
+    assert_eq!(now.policy_epoch, before.policy_epoch, "nothing was written");
     let (ra1, ra2, ba1) = (
         node.topo.pod("ra1"),
         node.topo.pod("ra2"),
@@ -402,10 +402,27 @@ fn an_invalid_configuration_is_rejected_and_the_last_valid_state_stays() {
         "denied pair still denied"
     );
 
-    // Fixing the file applies it.
+    // A file that cannot be read at all names itself and changes nothing.
+    node.write_config_file("broken.yaml", "kind: [unclosed\n")
+        .unwrap();
+    node.wait_for("the agent to reject the file", || {
+        status().config_error.is_some()
+    })
+    .unwrap();
+    let error = status().config_error.unwrap();
+    assert!(error.contains("broken.yaml"), "{error}");
+    assert_eq!(
+        status().policy_epoch,
+        before.policy_epoch,
+        "nothing was written"
+    );
+    assert_eq!(traffic::udp(ra1, ra2, 9802, 3, 8).unwrap(), 3);
+
+    // Fixing the file clears both.
     node.write_config_file("broken.yaml", "").unwrap();
     node.wait_for("the agent to accept the fixed directory", || {
-        status().config_error.is_none()
+        let s = status();
+        s.config_error.is_none() && s.refused.is_empty()
     })
     .unwrap();
 }
@@ -671,11 +688,13 @@ fn a_tenant_cannot_open_a_path_into_another_tenant_alone() {
         "metadata: {name: blue-a}\nspec:\n  tenant: blue\n  subnet: 198.18.3.0/24\n  subnet6: 2001:db8:3::/64\n  isolation: {peers: [{network: red-a, ports: [{protocol: TCP, port: 8080, endPort: 8081}]}]}",
     );
     node.write_objects(&blue_peers).unwrap();
-    node.wait_for("the agent to reject blue's peer rule", || {
-        status().config_error.is_some()
+    node.wait_for("the agent to refuse blue's peer rule", || {
+        status().refused.iter().any(|v| v.name == "blue-a")
     })
     .unwrap();
-    let error = status().config_error.unwrap();
+    let refused = status().refused;
+    assert_eq!(refused.len(), 1, "only blue-a is refused: {refused:?}");
+    let error = refused[0].problem_text();
     assert!(
         error.contains("spec.isolation.peers[0].network") && error.contains("allowFrom"),
         "{error}"
@@ -690,7 +709,7 @@ fn a_tenant_cannot_open_a_path_into_another_tenant_alone() {
     .unwrap();
     node.wait_for("the agent to apply the consent", || {
         let s = status();
-        s.config_error.is_none() && s.policy_epoch != before
+        s.refused.is_empty() && s.policy_epoch != before
     })
     .unwrap();
     assert!(traffic::tcp_connect_echo(ba1, ra1.ipv4, 8080).unwrap());

@@ -61,8 +61,28 @@ fn scraped_metrics_show_the_drops_under_their_labels() {
     assert_eq!(sample(&body, "genie_ready"), Some(1.0));
     assert_eq!(sample(&body, "genie_tcp_pacing_attached"), Some(1.0));
 
-    // An invalid directory is counted and leaves the agent ready: the last valid state stays.
-    node.write_objects("kind: Tenant\nmetadata: {name: x}\nspec: {bogus: 1}\n")
+    // A refused object is counted by kind and leaves the agent ready.
+    node.write_config_file(
+        "bad.yaml",
+        "apiVersion: genie.dev/v1alpha1\nkind: Tenant\nmetadata: {name: x}\nspec: {bogus: 1}\n",
+    )
+    .unwrap();
+    node.wait_for("the refusal to be counted", || {
+        sample(
+            &get(&address, "/metrics").1,
+            "genie_objects_refused{kind=\"Tenant\"}",
+        ) == Some(1.0)
+    })
+    .unwrap();
+    assert_eq!(
+        sample(
+            &get(&address, "/metrics").1,
+            "genie_objects_refused{kind=\"LogicalNetwork\"}"
+        ),
+        Some(0.0)
+    );
+    // So is a file that cannot be read; the objects last read from it stay in force.
+    node.write_config_file("bad.yaml", "kind: [unclosed\n")
         .unwrap();
     node.wait_for("the rejection to be counted", || {
         sample(

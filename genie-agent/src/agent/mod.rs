@@ -4,6 +4,7 @@
 mod cni;
 mod interfaces;
 mod node;
+mod objects;
 mod recovery;
 pub mod server;
 
@@ -18,14 +19,14 @@ use ipnet::IpNet;
 use serde::Serialize;
 use tracing::{info, warn};
 
-pub use cni::PlannedAttachment;
+pub use objects::read_verdicts;
 
 use crate::{
     cni::spec::validate_ifname,
     dataplane::{ApplyStats, AttachSide, Dataplane, DataplaneError, PinnedMaps, PodInstance},
     endpoint::{Endpoint, EndpointRequest, Registry, parse_mac},
     metrics::AgentMetrics,
-    model::{self, Model, ModelError, check_name},
+    model::{Model, ModelError, Verdict, check_name},
     reconcile::{DesiredState, NodeInfo, ZoneAssignment, assign_zones, desired_state},
     source::kube::{ClusterSnapshot, KubeSource},
 };
@@ -120,7 +121,11 @@ pub struct QuotaUsage {
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub ready: bool,
+    /// Problems of files (file mode) that block attaching pods until fixed.
     pub config_error: Option<String>,
+    /// Objects whose current spec is refused or not what is enforced.
+    #[serde(default)]
+    pub refused: Vec<Verdict>,
     pub endpoints: usize,
     pub policy_epoch: u32,
     pub reconciles: u64,
@@ -145,8 +150,8 @@ pub struct Agent {
     kube: Option<KubeSource>,
     /// What the cluster knows beyond the objects (Kubernetes source).
     cluster: ClusterSnapshot,
-    /// The problems of the objects as last loaded (Kubernetes source: reported in status).
-    object_errors: Vec<model::ConfigError>,
+    /// The last acceptance's verdict on each object (kept in the state directory).
+    verdicts: Vec<Verdict>,
     /// Quota taken by CNI ADDs in progress, by container: planned endpoints count against
     /// their tenant's quota from planning until the ADD ends, so concurrent ADDs cannot both
     /// see room that only one of them can have.
@@ -196,10 +201,11 @@ impl Agent {
             metrics: AgentMetrics::default(),
             kube,
             cluster: ClusterSnapshot::default(),
-            object_errors: Vec::new(),
+            verdicts: Vec::new(),
             reservations: BTreeMap::new(),
             zones: ZoneAssignment::new(),
         };
+        agent.verdicts = objects::read_verdicts(&agent.config.state_dir);
         agent.zones = agent.pinned_zones()?;
         agent.readopt_endpoints()?;
         if let Some(cgroup) = agent.config.pacing_cgroup.clone() {
@@ -231,61 +237,6 @@ impl Agent {
         self.sync_bridges()
     }
 
-    /// Reads the configuration directory; applies it if valid, otherwise keeps the last valid
-    /// state enforced and records the error. Returns whether the maps changed.
-    pub fn reload_config(&mut self) -> bool {
-        let seen = Instant::now();
-        let loaded = match &self.kube {
-            Some(kube) => {
-                if !kube.synced() {
-                    // Before every watch has listed once, absence means nothing yet: keep what
-                    // is enforced (pinned maps from before a restart) untouched.
-                    return false;
-                }
-                self.cluster = kube.snapshot();
-                let loaded = model::load_sources(&self.cluster.sources);
-                self.object_errors = match &loaded {
-                    Err(ModelError::Invalid(errors)) => errors.clone(),
-                    _ => Vec::new(),
-                };
-                let usage = self.endpoint_usage(loaded.as_ref().ok());
-                kube.report(&self.object_errors, &usage);
-                if let Ok(model) = &loaded {
-                    let mut physical: Vec<String> = model.physical.keys().cloned().collect();
-                    physical.sort();
-                    kube.label_node(&physical);
-                }
-                loaded
-            }
-            None => model::load_dir(&self.config.config_dir),
-        };
-        match loaded {
-            Ok(model) => {
-                self.config_error = None;
-                self.model = Some(model);
-                match self.resync() {
-                    Ok(stats) => {
-                        self.metrics.propagation.observe(seen.elapsed());
-                        stats.written + stats.deleted + stats.limits_written > 0
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "reconcile failed");
-                        false
-                    }
-                }
-            }
-            Err(e) => {
-                let text = e.to_string();
-                self.metrics.config_rejections += 1;
-                if self.config_error.as_deref() != Some(text.as_str()) {
-                    warn!(error = %text, "configuration rejected; the last valid state stays enforced");
-                }
-                self.config_error = Some(text);
-                false
-            }
-        }
-    }
-
     /// Writes the desired state into the maps: only the difference from what the last
     /// reconcile wrote, with the node's addresses as last read.
     pub fn reconcile(&mut self) -> Result<ApplyStats, AgentError> {
@@ -296,10 +247,7 @@ impl Agent {
         {
             // Endpoint counts change with every add and remove; only changed statuses are
             // patched.
-            kube.report(
-                &self.object_errors,
-                &self.endpoint_usage(self.model.as_ref()),
-            );
+            kube.report(&self.verdicts, &self.endpoint_usage(self.model.as_ref()));
             kube.publish_endpoints(
                 self.registry
                     .all()
@@ -384,26 +332,6 @@ impl Agent {
             );
         }
         Ok(stats)
-    }
-
-    /// Endpoints on this node per (kind, name) of the objects they belong to: their
-    /// LogicalNetwork and their Tenant (for status reports).
-    fn endpoint_usage(&self, model: Option<&Model>) -> BTreeMap<(String, String), u32> {
-        let mut out = BTreeMap::new();
-        let Some(model) = model else {
-            return out;
-        };
-        for ep in self.registry.all() {
-            if model.logical.contains_key(&ep.request.network) {
-                *out.entry(("LogicalNetwork".to_owned(), ep.request.network.clone()))
-                    .or_default() += 1;
-            }
-            if let Some(tenant) = model.namespace_tenant.get(&ep.request.namespace) {
-                *out.entry(("Tenant".to_owned(), tenant.clone()))
-                    .or_default() += 1;
-            }
-        }
-        out
     }
 
     /// The Kubernetes source, when objects come from the API.
@@ -503,6 +431,7 @@ impl Agent {
         Status {
             ready: self.model.is_some(),
             config_error: self.config_error.clone(),
+            refused: self.refused_objects(),
             endpoints: self.registry.all().count(),
             policy_epoch: self.maps.epoch().unwrap_or(0),
             reconciles: self.reconciles,

@@ -82,7 +82,7 @@ pub fn serve(
     }
 
     // Before any request: what a dead agent or a lost DEL left behind goes first.
-    let swept = cni.sweep(&agent);
+    let swept = cni.sweep(&*agent);
     if !swept.is_empty() {
         tracing::info!(containers = ?swept, "tore down stale attachments");
     }
@@ -92,7 +92,7 @@ pub fn serve(
         spawn("cni-sweep", move || {
             loop {
                 thread::sleep(SWEEP);
-                cni.sweep(&agent);
+                cni.sweep(&*agent);
             }
         })?;
     }

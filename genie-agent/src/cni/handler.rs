@@ -10,24 +10,21 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Condvar, Mutex, MutexGuard},
+    sync::{Condvar, Mutex},
     time::SystemTime,
 };
 
-use genie_common::Direction;
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
     annotations::{BandwidthRequest, DEFAULT_INTERFACE},
+    backend::Backend,
     cache::{Cache, CacheError, CachedAttachment, CachedContainer},
     delegate::{self, DelegateError, Invocation},
+    plan::PlannedAttachment,
     result,
     spec::{CniError, Command, Env, NetConf, code, version_result},
-};
-use crate::{
-    agent::{Agent, AgentError, PlannedAttachment},
-    dataplane::interface_index,
 };
 
 /// How long `genie-cni` waits for the agent's answer: ADD runs every delegate of the pod.
@@ -70,13 +67,13 @@ impl Drop for ContainerGuard<'_> {
 
 /// Gives a container's quota reservation back when its ADD ends, however it ends.
 struct ReservationGuard<'a> {
-    agent: &'a Mutex<Agent>,
+    agent: &'a dyn Backend,
     container: String,
 }
 
 impl Drop for ReservationGuard<'_> {
     fn drop(&mut self) {
-        lock(self.agent).release_reservation(&self.container);
+        self.agent.release_reservation(&self.container);
     }
 }
 
@@ -89,16 +86,14 @@ pub struct CniHandler {
     cache: Cache,
     /// host-local's lease directories, one per network.
     ipam_dir: PathBuf,
-    /// The node's network namespace: delegates run there.
+    /// The node's network namespace: host-side interfaces live there.
     node_netns: PathBuf,
+    /// Where delegates run: the node's namespace (`None`: the caller's, for unit tests).
+    delegate_netns: Option<PathBuf>,
     locks: ContainerLocks,
     /// Negotiated versions by (plugin binary, its modification time, the runtime's version):
     /// asking a plugin for VERSION costs a process per attachment otherwise.
     versions: Mutex<HashMap<VersionKey, String>>,
-}
-
-fn lock(agent: &Mutex<Agent>) -> MutexGuard<'_, Agent> {
-    agent.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn io_error(e: CacheError) -> CniError {
@@ -120,13 +115,12 @@ fn delegate_error(attachment: &str, e: DelegateError) -> CniError {
     CniError::new(code, format!("{attachment}: {e}"), "")
 }
 
-fn agent_error(attachment: &str, e: AgentError) -> CniError {
-    let code = match &e {
-        AgentError::NotReady(_) => code::TRY_AGAIN_LATER,
-        AgentError::QuotaReached { .. } => code::QUOTA_REACHED,
-        _ => code::ATTACH_FAILED,
-    };
-    CniError::new(code, format!("{attachment}: {e}"), "")
+/// The agent's refusal, naming the attachment it concerns.
+fn agent_error(attachment: &str, e: CniError) -> CniError {
+    CniError {
+        msg: format!("{attachment}: {}", e.msg),
+        ..e
+    }
 }
 
 impl CniHandler {
@@ -136,15 +130,23 @@ impl CniHandler {
             cache: Cache::open(&state_dir.join("cni"))?,
             ipam_dir: super::ipam_dir(state_dir),
             node_netns: node_netns.to_owned(),
+            delegate_netns: Some(node_netns.to_owned()),
             locks: ContainerLocks::default(),
             versions: Mutex::default(),
         })
     }
 
+    /// Runs delegates in the caller's namespace (unit tests without root).
+    #[cfg(test)]
+    fn delegates_in_caller_netns(mut self) -> Self {
+        self.delegate_netns = None;
+        self
+    }
+
     /// Handles one request; `Ok(Some(_))` is printed on stdout by `genie-cni`.
     pub fn handle(
         &self,
-        agent: &Mutex<Agent>,
+        agent: &dyn Backend,
         env: &Env,
         conf: &NetConf,
     ) -> Result<Option<Value>, CniError> {
@@ -154,7 +156,7 @@ impl CniHandler {
             Command::Check => self.check(agent, env).map(|()| None),
             Command::Gc => self.gc(agent, conf).map(|()| None),
             Command::Status => {
-                if lock(agent).status().ready {
+                if agent.ready() {
                     Ok(None)
                 } else {
                     Err(CniError::new(
@@ -169,7 +171,7 @@ impl CniHandler {
         outcome.map_err(|e| e.in_version(&conf.cni_version))
     }
 
-    fn add(&self, agent: &Mutex<Agent>, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    fn add(&self, agent: &dyn Backend, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         let container_id = env.container_id.clone().unwrap_or_default();
         let runtime_ifname = env.ifname.clone().unwrap_or_default();
         let _guard = self.locks.lock(&container_id);
@@ -186,7 +188,7 @@ impl CniHandler {
             .map_or(("default".to_owned(), container_id.clone()), |(n, p)| {
                 (n.to_owned(), p.to_owned())
             });
-        let plan = lock(agent).cni_plan(&namespace, &pod, &container_id)?;
+        let plan = agent.plan(&namespace, &pod, &container_id)?;
         let _reservation = ReservationGuard {
             agent,
             container: container_id.clone(),
@@ -230,12 +232,10 @@ impl CniHandler {
             return Err(error);
         }
         info!(container = %record.container_id, pod = %format!("{}/{}", record.namespace, record.pod), interfaces = record.attachments.len(), "pod attached");
-        if let Some(kube) = lock(agent).kube() {
-            // Other nodes learn the pod's addresses (and so its identity) from this annotation
-            // (DESIGN.md §3: isolation holds between nodes).
-            let status = serde_json::to_value(result::network_status(&record)).unwrap_or_default();
-            kube.publish_network_status(&record.namespace, &record.pod, &status);
-        }
+        // For display and other tools (Multus-compatible readers); genie's own nodes take
+        // identities only from `NodeEndpoints`.
+        let status = serde_json::to_value(result::network_status(&record)).unwrap_or_default();
+        agent.publish_network_status(&record.namespace, &record.pod, &status);
         let primary = primary.unwrap_or_else(|| {
             record
                 .attachments
@@ -331,7 +331,7 @@ impl CniHandler {
     /// before the next one starts. Returns the delegate's result.
     fn attach_one(
         &self,
-        agent: &Mutex<Agent>,
+        agent: &dyn Backend,
         record: &mut CachedContainer,
         attachment: CachedAttachment,
     ) -> Result<Value, CniError> {
@@ -351,10 +351,10 @@ impl CniHandler {
             .map_err(|m| {
                 CniError::new(code::INVALID_NETWORK_CONFIG, format!("{label}: {m}"), "")
             })?;
-        let endpoint = lock(agent)
-            .add_endpoint(request)
+        let endpoint = agent
+            .register(request)
             .map_err(|e| agent_error(&label, e))?;
-        record.attachments[last].endpoint = Some(endpoint.id);
+        record.attachments[last].endpoint = Some(endpoint);
         self.cache.store(record).map_err(io_error)?;
         Ok(added.raw)
     }
@@ -367,7 +367,7 @@ impl CniHandler {
             netns: record.netns.clone().filter(|p| p.exists()),
             ifname: ifname.to_owned(),
             args: record.args.clone(),
-            host_netns: Some(self.node_netns.clone()),
+            host_netns: self.delegate_netns.clone(),
         }
     }
 
@@ -378,13 +378,11 @@ impl CniHandler {
     /// RCU grace period; once the delegate removed the interface the links are defunct and
     /// release at no cost. Progress is written after each attachment, so an interrupted
     /// teardown resumes where it stopped.
-    fn teardown(&self, agent: &Mutex<Agent>, record: &mut CachedContainer) -> Result<(), CniError> {
+    fn teardown(&self, agent: &dyn Backend, record: &mut CachedContainer) -> Result<(), CniError> {
         while let Some(attachment) = record.attachments.last().cloned() {
             let label = attachment_label(&attachment);
             if let Some(id) = attachment.endpoint {
-                lock(agent)
-                    .forget_endpoint(id)
-                    .map_err(|e| agent_error(&label, e))?;
+                agent.forget(id).map_err(|e| agent_error(&label, e))?;
             }
             let invocation = self.invocation(record, &attachment.ifname);
             let prev = (!attachment.result.is_null()).then_some(&attachment.result);
@@ -399,7 +397,7 @@ impl CniHandler {
                 Err(e) => return Err(delegate_error(&label, e)),
             }
             if let Some(id) = attachment.endpoint {
-                lock(agent)
+                agent
                     .release_links(id)
                     .map_err(|e| agent_error(&label, e))?;
             }
@@ -409,7 +407,7 @@ impl CniHandler {
         self.cache.remove(&record.container_id).map_err(io_error)
     }
 
-    fn del(&self, agent: &Mutex<Agent>, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn del(&self, agent: &dyn Backend, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let container_id = env.container_id.clone().unwrap_or_default();
         let _guard = self.locks.lock(&container_id);
         let mut record = match self.cache.load(&container_id).map_err(io_error)? {
@@ -435,21 +433,17 @@ impl CniHandler {
     /// lost. `None` when the registry knows no endpoint of the container.
     fn rebuild_from_registry(
         &self,
-        agent: &Mutex<Agent>,
+        agent: &dyn Backend,
         env: &Env,
         conf: &NetConf,
     ) -> Option<CachedContainer> {
         let container_id = env.container_id.clone().unwrap_or_default();
         let runtime_ifname = env.ifname.clone().unwrap_or_default();
-        let (endpoints, delegates): (Vec<_>, Vec<_>) = {
-            let agent = lock(agent);
-            let endpoints = agent.endpoints_of_container(&container_id);
-            let delegates = endpoints
-                .iter()
-                .map(|e| agent.network_delegate(&e.request.network, &e.request.interface))
-                .collect();
-            (endpoints, delegates)
-        };
+        let endpoints = agent.endpoints_of_container(&container_id);
+        let delegates: Vec<_> = endpoints
+            .iter()
+            .map(|e| agent.network_delegate(&e.request.network, &e.request.interface))
+            .collect();
         let first = endpoints.first()?;
         warn!(container = %container_id, endpoints = endpoints.len(), "DEL without an attachment cache entry: tearing down what the registry knows");
         let mut record = CachedContainer {
@@ -500,7 +494,7 @@ impl CniHandler {
     /// gone (a DEL lost while the agent was down — podman, for one, does not retry DEL and has
     /// no CNI GC). Delegates get DEL with the cached result, so addresses are released.
     /// Returns the containers torn down.
-    pub fn sweep(&self, agent: &Mutex<Agent>) -> Vec<String> {
+    pub fn sweep(&self, agent: &dyn Backend) -> Vec<String> {
         let mut swept = Vec::new();
         for container_id in self.cache.container_ids().unwrap_or_default() {
             let _guard = self.locks.lock(&container_id);
@@ -527,7 +521,7 @@ impl CniHandler {
         swept
     }
 
-    fn check(&self, agent: &Mutex<Agent>, env: &Env) -> Result<(), CniError> {
+    fn check(&self, agent: &dyn Backend, env: &Env) -> Result<(), CniError> {
         let container_id = env.container_id.clone().unwrap_or_default();
         let _guard = self.locks.lock(&container_id);
         let Some(record) = self.cache.load(&container_id).map_err(io_error)? else {
@@ -553,39 +547,17 @@ impl CniHandler {
                 &attachment.result,
             )
             .map_err(|e| delegate_error(&label, e))?;
-            let agent = lock(agent);
-            let Some(endpoint) = attachment.endpoint.and_then(|id| agent.endpoint(id)) else {
+            let Some(id) = attachment.endpoint else {
                 return Err(failed("is not registered as a genie endpoint".to_owned()));
             };
-            let ifindex =
-                interface_index(&endpoint.request.netns, &endpoint.request.host_interface)
-                    .map_err(|e| failed(e.to_string()))?;
-            if ifindex != endpoint.ifindex {
-                return Err(failed(format!(
-                    "interface {} was replaced (index {ifindex}, genie attached to {})",
-                    endpoint.request.host_interface, endpoint.ifindex
-                )));
-            }
-            for direction in Direction::ALL {
-                let attached = agent
-                    .dataplane()
-                    .attached_ifindex(endpoint.id, direction)
-                    .map_err(|e| failed(e.to_string()))?;
-                if attached != Some(ifindex) {
-                    return Err(failed(format!(
-                        "genie's {} program is not attached to {}",
-                        direction.name(),
-                        endpoint.request.host_interface
-                    )));
-                }
-            }
+            agent.check_endpoint(id).map_err(failed)?;
         }
         Ok(())
     }
 
     /// Removes every cached container of this network that is not in the runtime's list of
     /// valid attachments, with its IPs, links and map entries (CNI 1.1.0, GC).
-    fn gc(&self, agent: &Mutex<Agent>, conf: &NetConf) -> Result<(), CniError> {
+    fn gc(&self, agent: &dyn Backend, conf: &NetConf) -> Result<(), CniError> {
         let Some(valid) = conf
             .valid_attachments
             .as_ref()
@@ -651,3 +623,6 @@ fn runtime_bandwidth(conf: &NetConf) -> Result<Option<BandwidthRequest>, CniErro
 fn attachment_label(attachment: &CachedAttachment) -> String {
     format!("network {} ({})", attachment.network, attachment.ifname)
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,10 +3,12 @@
 //! attaches genie's programs before ADD returns.
 
 pub mod annotations;
+pub mod backend;
 pub mod cache;
 pub mod delegate;
 pub mod handler;
 pub mod install;
+pub mod plan;
 pub mod result;
 pub mod shim;
 pub mod spec;

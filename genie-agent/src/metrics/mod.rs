@@ -69,6 +69,8 @@ pub struct AgentMetrics {
     /// From noticing a configuration change to the maps holding it.
     pub propagation: Histogram,
     pub config_rejections: u64,
+    /// Objects whose current spec is refused, by kind.
+    pub objects_refused: Vec<(&'static str, u64)>,
 }
 
 /// Escapes a label value (exposition format: backslash, quote, newline).
@@ -228,12 +230,21 @@ pub fn render(bpffs: &Path, agent: &AgentMetrics, ready: bool) -> Result<String,
         ),
         (
             "genie_config_rejections_total",
-            "Configuration directory loads rejected as invalid.",
+            "Configuration loads with files that cannot be read (their objects stay at their last valid versions).",
             agent.config_rejections,
         ),
     ] {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        &mut out,
+        "genie_objects_refused",
+        "gauge",
+        "Objects whose current spec is refused (the last valid version, if any, stays in force), by kind.",
+    );
+    for (kind, count) in &agent.objects_refused {
+        let _ = writeln!(out, "genie_objects_refused{{kind=\"{kind}\"}} {count}");
     }
     agent.reconcile_duration.render(
         &mut out,

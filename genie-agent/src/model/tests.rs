@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use genie_common::policy::proto;
 
 const VALID: &str = "
 apiVersion: genie.dev/v1alpha1
@@ -181,8 +182,8 @@ fn each_kind_of_mistake_is_caught() {
         ),
         (
             "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {tenant: blue, subnet: 198.18.20.0/24, physicalNetwork: fabric}",
-            "spec.dedicated",
-            "blue",
+            "spec.physicalNetwork",
+            "dedicated and tenant \"red\" already uses it",
         ),
         (
             "kind: LogicalNetwork\nmetadata: {name: x}\nspec: {subnet: 198.18.20.0/24}",
@@ -278,7 +279,7 @@ fn a_bad_pod_annotation_is_that_pods_error_only() {
 #[test]
 fn the_example_directory_is_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/objects");
-    let model = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let model = validate_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.logical.len(), 3);
     assert_eq!(model.logical["red-web"].isolation.peers[0].rules.len(), 3);
     let web = &model.pods[&("red".to_owned(), "web-1".to_owned())];

@@ -1,7 +1,7 @@
 //! The Kubernetes source (`genie agent --source kube`): watches genie's kinds, Pods and Nodes
-//! through kube-rs, and hands the agent the same thing the file source does — objects as
-//! (name, text) pairs for `model::load_sources` — plus what only the cluster knows: the
-//! addresses of pods on other nodes and of every node.
+//! through kube-rs, and hands the agent the same thing the file source does — typed
+//! [`SourceObject`]s, each with its origin (`Kind/name` and resourceVersion) — plus what only
+//! the cluster knows: the addresses of pods on other nodes and of every node.
 //!
 //! Other nodes' pods get their identity from the `NodeEndpoints` object each node's agent
 //! writes, never from a pod's `network-status` annotation: anyone who may edit a pod may edit
@@ -35,10 +35,10 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        ConfigError,
+        Enforced, Kind, Origin, SourceObject, Verdict,
         objects::{
-            LogicalNetworkObject, NodeEndpointsObject, NodeEndpointsSpec, PhysicalNetworkObject,
-            PublishedEndpoint, TenantObject,
+            Condition, LogicalNetworkObject, NodeEndpointsObject, NodeEndpointsSpec, ObjectMeta,
+            ObjectStatus, PhysicalNetworkObject, PublishedEndpoint, TenantObject,
         },
     },
     reconcile::RemoteEndpoint,
@@ -58,26 +58,26 @@ pub enum KubeSourceError {
     Runtime(std::io::Error),
 }
 
-/// The genie kinds, as the dynamic API sees them.
-fn genie_kinds() -> [(&'static str, ApiResource); 3] {
-    [
-        (
-            "PhysicalNetwork",
-            ApiResource::erase::<PhysicalNetworkObject>(&()),
-        ),
-        (
-            "LogicalNetwork",
-            ApiResource::erase::<LogicalNetworkObject>(&()),
-        ),
-        ("Tenant", ApiResource::erase::<TenantObject>(&())),
-    ]
+/// A genie kind as the dynamic API sees it. Objects are watched untyped so that one object
+/// the agent cannot read is that object's problem, not a failed list of its kind.
+fn api_resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::PhysicalNetwork => ApiResource::erase::<PhysicalNetworkObject>(&()),
+        Kind::Tenant => ApiResource::erase::<TenantObject>(&()),
+        Kind::LogicalNetwork => ApiResource::erase::<LogicalNetworkObject>(&()),
+        Kind::Pod => ApiResource::erase::<Pod>(&()),
+    }
 }
+
+/// The watches besides the genie kinds (all must have listed once before the agent trusts
+/// an absence).
+const OTHER_WATCHES: [&str; 4] = ["Pod", "Node", "Service", "NodeEndpoints"];
 
 /// Everything the watches know, by kind and name.
 #[derive(Debug, Default)]
 struct Stores {
     /// kind → name → object (`spec` and `metadata` as JSON).
-    genie: BTreeMap<&'static str, BTreeMap<String, DynamicObject>>,
+    genie: BTreeMap<Kind, BTreeMap<String, DynamicObject>>,
     /// (namespace, name) → pod.
     pods: BTreeMap<(String, String), Pod>,
     nodes: BTreeMap<String, Node>,
@@ -92,8 +92,8 @@ struct Stores {
 /// What the agent reads from the source on each reload.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
-    /// genie objects and this node's pods as (`kube:<Kind>/<name>`, JSON text).
-    pub sources: Vec<(PathBuf, String)>,
+    /// genie objects and this node's pods.
+    pub objects: Vec<SourceObject>,
     /// Pods on other nodes: their addresses and networks.
     pub remote_endpoints: Vec<RemoteEndpoint>,
     /// Every node's addresses (HOST).
@@ -112,8 +112,9 @@ pub struct KubeSource {
     stores: Arc<Mutex<Stores>>,
     /// Bumped on every change any watch applies.
     generation: Arc<AtomicU64>,
-    /// The status last written per (kind, name), so unchanged statuses are not patched again.
-    written_status: Arc<Mutex<BTreeMap<(String, String), Value>>>,
+    /// The status last written per (kind, name) (transition times blanked), so unchanged
+    /// statuses are not patched again.
+    written_status: Arc<Mutex<BTreeMap<(String, String), ObjectStatus>>>,
     /// The physical networks the node was last labelled with.
     labelled: Arc<Mutex<Option<Vec<String>>>>,
     /// The endpoints last published in this node's `NodeEndpoints`.
@@ -180,10 +181,10 @@ impl KubeSource {
     }
 
     fn spawn_watches(&self) {
-        for (kind, resource) in genie_kinds() {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        for kind in Kind::GENIE {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &api_resource(kind));
             self.spawn_watch(
-                kind,
+                kind.name(),
                 api,
                 move |stores, objects| {
                     stores.genie.insert(
@@ -205,7 +206,7 @@ impl KubeSource {
                             .insert(o.metadata.name.clone().unwrap_or_default(), o);
                     }
                     Change::Delete(o) => {
-                        if let Some(m) = stores.genie.get_mut(kind) {
+                        if let Some(m) = stores.genie.get_mut(&kind) {
                             m.remove(o.metadata.name.as_deref().unwrap_or_default());
                         }
                     }
@@ -368,17 +369,11 @@ impl KubeSource {
     /// treat missing objects as deleted).
     pub fn synced(&self) -> bool {
         let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        [
-            "PhysicalNetwork",
-            "LogicalNetwork",
-            "Tenant",
-            "Pod",
-            "Node",
-            "Service",
-            "NodeEndpoints",
-        ]
-        .iter()
-        .all(|k| s.synced.get(k).copied().unwrap_or(false))
+        Kind::GENIE
+            .map(Kind::name)
+            .iter()
+            .chain(&OTHER_WATCHES)
+            .all(|k| s.synced.get(k).copied().unwrap_or(false))
     }
 
     /// The cluster as the agent consumes it.
@@ -387,15 +382,20 @@ impl KubeSource {
         let mut out = ClusterSnapshot::default();
         for (kind, objects) in &s.genie {
             for (name, object) in objects {
-                let text = json!({
-                    "apiVersion": crate::model::objects::API_VERSION,
-                    "kind": kind,
-                    "metadata": {"name": name},
-                    "spec": object.data.get("spec").cloned().unwrap_or(Value::Null),
-                });
-                out.sources.push((
-                    PathBuf::from(format!("kube:{kind}/{name}")),
-                    text.to_string(),
+                let api_version = object
+                    .types
+                    .as_ref()
+                    .map_or(crate::model::API_VERSION, |t| t.api_version.as_str());
+                out.objects.push(SourceObject::new(
+                    *kind,
+                    ObjectMeta {
+                        name: name.clone(),
+                        ..ObjectMeta::default()
+                    },
+                    api_version,
+                    object.data.get("spec").cloned().unwrap_or(Value::Null),
+                    origin(*kind, name, &object.metadata),
+                    created_at(&object.metadata),
                 ));
             }
         }
@@ -403,15 +403,18 @@ impl KubeSource {
             let on_this_node =
                 pod.spec.as_ref().and_then(|p| p.node_name.as_deref()) == Some(&self.node_name);
             if on_this_node {
-                let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-                let text = json!({
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
-                });
-                out.sources.push((
-                    PathBuf::from(format!("kube:Pod/{namespace}/{name}")),
-                    text.to_string(),
+                out.objects.push(SourceObject::new(
+                    Kind::Pod,
+                    ObjectMeta {
+                        name: name.clone(),
+                        namespace: Some(namespace.clone()),
+                        labels: BTreeMap::new(),
+                        annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+                    },
+                    "v1",
+                    Value::Null,
+                    origin(Kind::Pod, &format!("{namespace}/{name}"), &pod.metadata),
+                    created_at(&pod.metadata),
                 ));
             }
         }
@@ -459,63 +462,71 @@ impl KubeSource {
         out
     }
 
-    /// Writes the `Accepted` condition of every genie object: `False` with the problems that
-    /// name it, `True` otherwise; `endpoints` per network and tenant on this node. Patches
-    /// only what changed since the last call, in the background.
-    pub fn report(&self, errors: &[ConfigError], endpoints: &BTreeMap<(String, String), u32>) {
+    /// Writes the status of every genie object from its verdict: `Accepted` (is the current
+    /// spec valid) and `Enforced` (is it what the nodes enforce), and `endpoints` per network
+    /// and tenant on this node. Patches only what changed since the last call, in the
+    /// background.
+    pub fn report(&self, verdicts: &[Verdict], endpoints: &BTreeMap<(String, String), u32>) {
         let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         let mut patches = Vec::new();
         let written = self
             .written_status
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for (kind, resource) in genie_kinds() {
-            for (name, object) in s.genie.get(kind).into_iter().flatten() {
-                let problems: Vec<String> = errors
-                    .iter()
-                    .filter(|e| e.kind == kind && e.name == *name)
-                    .map(|e| {
-                        if e.field.is_empty() {
-                            e.message.clone()
-                        } else {
-                            format!("{}: {}", e.field, e.message)
-                        }
-                    })
-                    .collect();
-                let condition = if problems.is_empty() {
-                    json!({"type": "Accepted", "status": "True", "reason": "Valid", "message": ""})
-                } else {
-                    json!({"type": "Accepted", "status": "False", "reason": "Invalid",
-                           "message": problems.join("; ")})
-                };
-                let count = endpoints
-                    .get(&(kind.to_owned(), name.clone()))
-                    .copied()
-                    .unwrap_or(0);
-                let mut condition = condition;
-                condition["observedGeneration"] = json!(object.metadata.generation.unwrap_or(0));
-                condition["lastTransitionTime"] = json!(now_rfc3339());
-                // The total over nodes: the others' counts as the object last said, ours now.
-                let others: u64 = object.data["status"]["nodes"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(node, _)| **node != self.node_name)
-                    .filter_map(|(_, n)| n.as_u64())
-                    .sum();
-                let status = json!({
-                    "conditions": [condition],
-                    "nodes": {self.node_name.as_str(): count},
-                    "endpoints": others + u64::from(count),
-                });
-                let key = (kind.to_owned(), name.clone());
-                let mut compare = status.clone();
-                compare["conditions"][0]["lastTransitionTime"] = Value::Null;
-                if written.get(&key) == Some(&compare) {
-                    continue;
-                }
-                patches.push((resource.clone(), key, status, compare));
+        for verdict in verdicts {
+            let Some(object) = s
+                .genie
+                .get(&verdict.kind)
+                .and_then(|o| o.get(&verdict.name))
+            else {
+                continue;
+            };
+            let kind = verdict.kind.name();
+            let name = &verdict.name;
+            let count = endpoints
+                .get(&(kind.to_owned(), name.clone()))
+                .copied()
+                .unwrap_or(0);
+            let generation = object.metadata.generation.unwrap_or(0);
+            // The total over nodes: the others' counts as the object last said, ours now.
+            let previous: ObjectStatus = object
+                .data
+                .get("status")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            let mut nodes: BTreeMap<String, u32> = previous
+                .nodes
+                .iter()
+                .filter(|(node, _)| **node != self.node_name)
+                .map(|(n, c)| (n.clone(), *c))
+                .collect();
+            let total = nodes.values().sum::<u32>() + count;
+            nodes.insert(self.node_name.clone(), count);
+            let mut status = ObjectStatus {
+                conditions: conditions(verdict, generation),
+                endpoints: Some(total),
+                nodes,
+            };
+            let key = (kind.to_owned(), name.clone());
+            let mut compare = status.clone();
+            for condition in &mut compare.conditions {
+                condition.last_transition_time.clear();
             }
+            if written.get(&key) == Some(&compare) {
+                continue;
+            }
+            // A condition whose status did not change keeps its transition time.
+            for condition in &mut status.conditions {
+                if let Some(old) = previous
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == condition.type_ && c.status == condition.status)
+                    && !old.last_transition_time.is_empty()
+                {
+                    condition.last_transition_time = old.last_transition_time.clone();
+                }
+            }
+            patches.push((api_resource(verdict.kind), key, status, compare));
         }
         drop(s);
         drop(written);
@@ -669,6 +680,55 @@ fn node_pod_cidrs(node: &Node) -> Vec<IpNet> {
         .chain(spec.pod_cidr.iter())
         .filter_map(|c| c.parse().ok())
         .collect()
+}
+
+/// The `Accepted` and `Enforced` conditions of a verdict.
+fn conditions(verdict: &Verdict, generation: i64) -> Vec<Condition> {
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: now_rfc3339(),
+        observed_generation: generation,
+    };
+    let accepted = if verdict.accepted() {
+        condition("Accepted", true, "Valid", String::new())
+    } else {
+        condition("Accepted", false, "Invalid", verdict.problem_text())
+    };
+    let enforced = match verdict.enforced {
+        Enforced::Current => condition("Enforced", true, "Enforced", String::new()),
+        Enforced::LastValidVersion => condition(
+            "Enforced",
+            false,
+            "LastValidVersionEnforced",
+            "the current spec is refused; the last valid version stays in force until it is fixed or deleted".to_owned(),
+        ),
+        Enforced::Nothing => condition(
+            "Enforced",
+            false,
+            "NotEnforced",
+            "no version of this object was ever accepted".to_owned(),
+        ),
+    };
+    vec![accepted, enforced]
+}
+
+/// Where an API object came from.
+fn origin(kind: Kind, name: &str, meta: &kube::api::ObjectMeta) -> Origin {
+    Origin::Api {
+        kind,
+        name: name.to_owned(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+    }
+}
+
+/// Creation time in seconds since the epoch: the age that decides conflicts (older wins).
+fn created_at(meta: &kube::api::ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map_or(i64::MAX, |t| t.0.as_second())
 }
 
 /// Now as RFC 3339 UTC, for condition timestamps.
