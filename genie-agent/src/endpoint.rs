@@ -11,8 +11,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cni::annotations::BandwidthRequest,
     dataplane::AttachSide,
+    model::annotations::BandwidthRequest,
     statefile::{PRIVATE_FILE_MODE, private_dir, write_atomically},
 };
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod reconcile;
+pub mod shim;
 pub mod source;
 pub mod statefile;
 

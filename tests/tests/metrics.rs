@@ -1,6 +1,7 @@
 //! The agent's Prometheus endpoint, scraped while traffic flows: drops appear under the tenant,
 //! network, direction and reason genie counted; health and readiness answer; the agent's own
-//! work (reconciles, propagation, rejected configurations) is there.
+//! work (reconciles, propagation, refused objects, unreadable files) is there; 100 scrapes
+//! leave the agent's descriptors as they were, one map read each.
 
 use genie_tests::{
     TestNode, Topology,
@@ -60,6 +61,46 @@ fn scraped_metrics_show_the_drops_under_their_labels() {
     assert!(sample(&body, "genie_policy_propagation_seconds_count").is_some_and(|n| n >= 1.0));
     assert_eq!(sample(&body, "genie_ready"), Some(1.0));
     assert_eq!(sample(&body, "genie_tcp_pacing_attached"), Some(1.0));
+
+    // 100 scrapes in a row: the agent's open descriptors do not grow, and each scrape is one
+    // read of its own open maps (the snapshot counter moves by exactly one per scrape).
+    let pid = node.agent_pid().expect("the agent runs");
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let snapshots = |body: &str| sample(body, "genie_metrics_snapshots_total").unwrap_or(-1.0);
+    // The server closes each connection just after answering: counts are taken once the
+    // last connection's socket is gone.
+    let settled = |at_most: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let n = descriptors();
+            if n <= at_most || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let first = get(&address, "/metrics").1;
+    let fds_before = settled(0);
+    let mut last = String::new();
+    for _ in 0..100 {
+        let (status, body) = get(&address, "/metrics");
+        assert_eq!(status, 200);
+        last = body;
+    }
+    assert_eq!(snapshots(&last) - snapshots(&first), 100.0);
+    let fds_after = settled(fds_before);
+    assert!(
+        fds_after <= fds_before,
+        "open descriptors grew over 100 scrapes: {fds_before} before, {fds_after} after"
+    );
+    assert!(
+        last.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
 
     // A refused object is counted by kind and leaves the agent ready.
     node.write_config_file(

@@ -228,6 +228,23 @@ fn three_tenants(source: &Source<'_>, node: &TestNode, api: Option<&ApiServer>) 
     .unwrap();
     assert!(c_conn.round_trip(b"still", Duration::from_secs(2)));
 
+    // A restarted agent keeps the last valid version (its verdicts are in the state
+    // directory): c's connection survives the restart and c-net stays as it was.
+    node.kill_agent().unwrap();
+    node.spawn_agent().unwrap();
+    node.wait_for("c-net refused after the restart", || {
+        refused(node)
+            .iter()
+            .any(|v| v.name == "c-net" && v.enforced == Enforced::LastValidVersion)
+    })
+    .unwrap();
+    assert!(
+        c_conn.round_trip(b"restarted", Duration::from_secs(2)),
+        "c's connection broke across the restart"
+    );
+    assert!(tcp_echo(pod("c2"), pod("c1"), 7706).unwrap());
+    assert!(!tcp_echo(pod("c1"), pod("a1"), 7707).unwrap());
+
     // Fixing c brings it back to its current spec.
     source.write(&objects(false, C_VALID));
     node.wait_for("nothing refused", || refused(node).is_empty())

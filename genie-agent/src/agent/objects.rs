@@ -2,50 +2,12 @@
 //! the last verdicts (kept in the state directory, so a restart keeps last valid versions in
 //! force), and reporting what was refused.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use tracing::warn;
 
 use super::Agent;
-use crate::{
-    model::{self, Model, Verdict, source},
-    statefile,
-};
-
-/// The verdicts of the last acceptance, with the spec in force of each object.
-pub const VERDICTS_FILE: &str = "objects.json";
-
-/// The verdicts kept in `state_dir`; empty when there are none. Unreadable verdicts are
-/// dropped with a warning: an object refused now then has nothing in force (it fails closed).
-pub fn read_verdicts(state_dir: &Path) -> Vec<Verdict> {
-    let path = state_dir.join(VERDICTS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot read the last verdicts; refused objects have no last valid version");
-            return Vec::new();
-        }
-    };
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        warn!(path = %path.display(), error = %e, "the last verdicts are corrupt; refused objects have no last valid version");
-        Vec::new()
-    })
-}
-
-fn write_verdicts(state_dir: &Path, verdicts: &[Verdict]) -> std::io::Result<()> {
-    statefile::private_dir(state_dir)?;
-    let bytes = serde_json::to_vec_pretty(verdicts).map_err(std::io::Error::other)?;
-    statefile::write_atomically(
-        &state_dir.join(VERDICTS_FILE),
-        &bytes,
-        statefile::PRIVATE_FILE_MODE,
-    )
-}
+use crate::model::{self, Model, Verdict, source};
 
 /// What a source delivered on one reload.
 struct Delivered {
@@ -58,6 +20,7 @@ impl Agent {
     /// Reads the objects, decides each one (an invalid object is refused alone; one that was
     /// valid keeps its last valid version in force) and applies the result. Returns whether
     /// the maps changed.
+    #[tracing::instrument(skip_all)]
     pub fn reload_config(&mut self) -> bool {
         let seen = Instant::now();
         let delivered = match &self.kube {
@@ -109,13 +72,15 @@ impl Agent {
             let physical: Vec<String> = acceptance.model.physical.keys().cloned().collect();
             kube.label_node(&physical);
         }
-        self.metrics.objects_refused = acceptance
-            .refused_by_kind()
-            .into_iter()
-            .map(|(k, n)| (k.name(), n as u64))
-            .collect();
+        self.metrics.set_refused(
+            acceptance
+                .refused_by_kind()
+                .into_iter()
+                .map(|(k, n)| (k.name(), n as u64)),
+        );
         if acceptance.verdicts != self.verdicts
-            && let Err(e) = write_verdicts(&self.config.state_dir, &acceptance.verdicts)
+            && let Err(e) =
+                model::accept::write_verdicts(&self.config.state_dir, &acceptance.verdicts)
         {
             warn!(error = %e, "cannot keep the verdicts; after a restart refused objects would have no last valid version");
         }
@@ -125,12 +90,15 @@ impl Agent {
         match self.resync() {
             Ok(stats) => {
                 if changed_model {
-                    self.metrics.propagation.observe(seen.elapsed());
+                    self.metrics
+                        .propagation
+                        .observe(seen.elapsed().as_secs_f64());
                 }
                 stats.written + stats.deleted + stats.limits_written > 0
             }
             Err(e) => {
                 warn!(error = %e, "reconcile failed");
+                self.metrics.failed("reload", e.kind());
                 false
             }
         }
@@ -141,7 +109,7 @@ impl Agent {
     /// read.
     fn note_document_problems(&mut self, problems: Option<String>) {
         if let Some(text) = &problems {
-            self.metrics.config_rejections += 1;
+            self.metrics.config_rejections.inc();
             if self.config_error.as_deref() != Some(text.as_str()) {
                 warn!(error = %text, "configuration files rejected; the objects last read from them stay in force");
             }

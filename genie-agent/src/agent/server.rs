@@ -68,11 +68,9 @@ pub fn serve(
     );
     let agent = Arc::new(Mutex::new(agent));
     if let Some(address) = metrics_address {
-        crate::metrics::http::spawn(address, Arc::clone(&agent)).map_err(|source| {
-            AgentError::Runtime {
-                what: format!("serving metrics on {address}"),
-                source,
-            }
+        super::http::spawn(address, Arc::clone(&agent)).map_err(|source| AgentError::Runtime {
+            what: format!("serving metrics on {address}"),
+            source,
         })?;
     }
 
@@ -273,15 +271,28 @@ fn handle_connection(
             // CNI requests lock the agent only for short steps: delegates run unlocked.
             Ok(Request::Cni { env, config }) => {
                 in_progress = Some(InFlight::enter(in_flight));
-                match cni.handle(agent, &env, &config) {
-                    Ok(result) => Response {
-                        cni_result: result,
-                        ..Response::ok()
-                    },
-                    Err(error) => Response {
-                        cni_error: Some(error),
-                        ..Response::ok()
-                    },
+                let outcome = cni.handle(agent, &env, &config);
+                let metrics = agent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .metrics()
+                    .clone();
+                let command = format!("{:?}", env.command).to_uppercase();
+                match outcome {
+                    Ok(result) => {
+                        metrics.cni_request(&command, "ok");
+                        Response {
+                            cni_result: result,
+                            ..Response::ok()
+                        }
+                    }
+                    Err(error) => {
+                        metrics.cni_request(&command, &error.code.to_string());
+                        Response {
+                            cni_error: Some(error),
+                            ..Response::ok()
+                        }
+                    }
                 }
             }
             Ok(request) => {

@@ -11,13 +11,28 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    agent::Status,
     cni::spec::{CniError, Env, NetConf},
     endpoint::{Endpoint, EndpointRequest},
+    model::Verdict,
 };
 
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/genie/agent.sock";
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub ready: bool,
+    /// Problems of files (file mode) that block attaching pods until fixed.
+    pub config_error: Option<String>,
+    /// Objects whose current spec is refused or not what is enforced.
+    #[serde(default)]
+    pub refused: Vec<Verdict>,
+    pub endpoints: usize,
+    pub policy_epoch: u32,
+    pub reconciles: u64,
+}
 
 /// A request.
 #[derive(Debug, Clone, Serialize, Deserialize)]

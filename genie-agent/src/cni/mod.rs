@@ -2,7 +2,8 @@
 //! request to the agent, which works out the pod's attachments, delegates to real plugins and
 //! attaches genie's programs before ADD returns.
 
-pub mod annotations;
+/// The pod annotations are part of the model (what a pod asks for); their CNI-side name stays.
+pub use crate::model::annotations;
 pub mod backend;
 pub mod cache;
 pub mod delegate;
@@ -10,7 +11,6 @@ pub mod handler;
 pub mod install;
 pub mod plan;
 pub mod result;
-pub mod shim;
 pub mod spec;
 
 /// Where the host-local leases of genie's networks live: one directory per network under the

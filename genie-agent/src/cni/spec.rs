@@ -151,22 +151,7 @@ pub fn valid_identifier(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// Interface names as the kernel accepts them (CNI spec: 1–15 characters, no `/`, `:` or
-/// whitespace).
-pub fn validate_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!("{name:?} must be 1 to 15 characters"));
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(format!("{name:?} contains '/', ':' or whitespace"));
-    }
-    Ok(())
-}
+pub use crate::model::annotations::validate_ifname;
 
 /// Reads and validates the environment through `get`; errors have code 4 and name the variable.
 pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {

@@ -34,8 +34,19 @@ pub fn read_counters(bpffs: &Path) -> Result<Vec<CounterRow>, DataplaneError> {
             name: COUNTERS_MAP,
             source,
         })?;
+    Ok(sum_counters(&map)?.0)
+}
+
+/// Every counter of `map`, summed over CPUs, and the number of keys read. Keys with unknown
+/// direction or reason bytes (an object newer than this binary) are skipped rather than
+/// mislabelled.
+pub fn sum_counters(
+    map: &PerCpuHashMap<MapData, CounterKey, CounterValue>,
+) -> Result<(Vec<CounterRow>, usize), DataplaneError> {
+    let mut keys = 0;
     let mut sums: BTreeMap<CounterKey, CounterValue> = BTreeMap::new();
     for entry in map.iter() {
+        keys += 1;
         let (key, per_cpu) = entry.map_err(|source| DataplaneError::Map {
             name: COUNTERS_MAP,
             source,
@@ -46,7 +57,7 @@ pub fn read_counters(bpffs: &Path) -> Result<Vec<CounterRow>, DataplaneError> {
         let slot = sums.entry(key).or_default();
         *slot = slot.add(total);
     }
-    Ok(sums
+    let rows = sums
         .into_iter()
         .filter_map(|(key, value)| {
             Some(CounterRow {
@@ -57,5 +68,6 @@ pub fn read_counters(bpffs: &Path) -> Result<Vec<CounterRow>, DataplaneError> {
                 value,
             })
         })
-        .collect())
+        .collect();
+    Ok((rows, keys))
 }

@@ -112,3 +112,29 @@ pub enum DataplaneError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
+
+impl DataplaneError {
+    /// The kind of failure, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataplaneError::Layout { .. } => "layout",
+            DataplaneError::Netlink { .. } => "netlink",
+            DataplaneError::PinDir { .. }
+            | DataplaneError::MountBpffs { .. }
+            | DataplaneError::NotBpffs { .. } => "bpffs",
+            DataplaneError::Load { .. }
+            | DataplaneError::MissingMap { .. }
+            | DataplaneError::MissingProgram { .. }
+            | DataplaneError::ProgramLoad { .. } => "load",
+            DataplaneError::Attach { .. }
+            | DataplaneError::AttachCgroup { .. }
+            | DataplaneError::OpenCgroup { .. }
+            | DataplaneError::Link { .. }
+            | DataplaneError::Detach { .. } => "attach",
+            DataplaneError::NoInterface { .. } => "interface",
+            DataplaneError::Pin { .. } | DataplaneError::Unpin { .. } => "pin",
+            DataplaneError::Map { .. } | DataplaneError::OpenPin { .. } => "map",
+            DataplaneError::Netns(_) => "netns",
+        }
+    }
+}

@@ -20,7 +20,22 @@ use genie_common::{
 };
 
 use super::DataplaneError;
-use crate::reconcile::DesiredState;
+
+/// The complete contents of the policy maps, as the writer applies them and `read_state`
+/// reads them back (owned here; `reconcile` computes it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    pub addrs: BTreeMap<IpAddr16, AddrInfo>,
+    /// (prefix length in the 128-bit space, address) → identity.
+    pub cidrs: BTreeMap<(u32, IpAddr16), CidrInfo>,
+    pub identities: BTreeMap<u32, IdentityInfo>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// Rate-limit buckets by their configuration (their running state is the kernel's).
+    pub buckets: BTreeMap<BucketKey, BucketConfig>,
+    /// Connection-tracking zones that have endpoints here → their table's capacity.
+    pub ct_zones: BTreeMap<u32, u32>,
+}
 
 /// Every genie map of one node, opened from its pins (so this works with or without the agent
 /// that created them).
@@ -108,8 +123,8 @@ impl PinnedMaps {
     }
 
     /// The current contents of the policy maps.
-    pub fn read_state(&self) -> Result<DesiredState, DataplaneError> {
-        Ok(DesiredState {
+    pub fn read_state(&self) -> Result<MapContents, DataplaneError> {
+        Ok(MapContents {
             endpoints: read_all(self.endpoints.iter(), ENDPOINTS_MAP)?,
             addrs: read_all(self.addrs.iter(), ADDRS_MAP)?,
             cidrs: read_all(
@@ -138,7 +153,7 @@ impl PinnedMaps {
     }
 
     /// Makes the maps equal `desired`, writing only what differs from what they hold now.
-    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, DataplaneError> {
+    pub fn apply(&mut self, desired: &MapContents) -> Result<ApplyStats, DataplaneError> {
         let current = self.read_state()?;
         self.apply_diff(&current, desired)
     }
@@ -150,8 +165,8 @@ impl PinnedMaps {
     /// — never against a half-written one.
     pub fn apply_diff(
         &mut self,
-        current: &DesiredState,
-        desired: &DesiredState,
+        current: &MapContents,
+        desired: &MapContents,
     ) -> Result<ApplyStats, DataplaneError> {
         let (c, d) = (current, desired);
         let mut stats = ApplyStats::default();
@@ -303,6 +318,24 @@ impl ZoneTables<'_> {
         Ok(out)
     }
 
+    /// The flows each table of `zones` (zone → capacity, as `capacities` read them) tracks:
+    /// each table read once, the outer array not scanned again.
+    pub fn occupancy(
+        &self,
+        zones: &BTreeMap<u32, u32>,
+    ) -> Result<BTreeMap<u32, (u32, usize)>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for (zone, capacity) in zones {
+            if let Some(table) = self.table(*zone)? {
+                out.insert(
+                    *zone,
+                    (*capacity, table.keys().filter(Result::is_ok).count()),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Every tracked flow of every zone, at most `limit`.
     pub fn flows(&self, limit: usize) -> Result<Vec<(u32, CtKey, CtValue)>, DataplaneError> {
         let mut out = Vec::new();
@@ -403,7 +436,7 @@ fn syscall_error(call: &'static str, io_error: std::io::Error) -> MapError {
     MapError::SyscallError(aya::sys::SyscallError { call, io_error })
 }
 
-/// A map the writer puts entries into and takes them out of, keyed as in [`DesiredState`].
+/// A map the writer puts entries into and takes them out of, keyed as in [`MapContents`].
 trait Writable<K, V> {
     fn put(&mut self, key: &K, value: &V) -> Result<(), MapError>;
     fn delete(&mut self, key: &K) -> Result<(), MapError>;

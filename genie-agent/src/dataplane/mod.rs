@@ -31,13 +31,13 @@ use aya::{
     },
     sys::SyscallError,
 };
-pub use counters::{CounterRow, read_counters};
+pub use counters::{CounterRow, read_counters, sum_counters};
 pub use error::DataplaneError;
 use genie_common::{
     Direction,
     maps::{ALL_MAPS, ENDPOINT_KEY_GLOBAL, in_pod_key},
 };
-pub use maps::{ApplyStats, PinnedMaps};
+pub use maps::{ApplyStats, MapContents, PinnedMaps};
 pub use pacing::{PACE_TCP_PROGRAM, cgroup2_root, pacing_attached};
 pub use pod_pool::PodInstance;
 use pod_pool::PodPool;

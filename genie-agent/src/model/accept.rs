@@ -21,97 +21,22 @@ use std::{
     path::PathBuf,
 };
 
-use ipnet::IpNet;
+mod references;
+mod taken;
+mod verdict;
+
+pub use verdict::{Acceptance, Enforced, VERDICTS_FILE, Verdict, read_verdicts, write_verdicts};
+
+use references::References;
+use taken::Taken;
 
 use super::{
-    ConfigError, DEFAULT_NETWORK, LogicalNetwork, Model, PhysicalNetwork, PodManifest, Tenant,
-    ValidIsolation,
+    ConfigError, Model, PodManifest,
     check::{Valid, check},
     objects::ObjectMeta,
-    rules::{missing_consent, rules_into, too_many_ranges},
     source::{Kind, Origin, SourceObject},
     unowned_default_identity,
 };
-
-/// What an object's status reports as in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Enforced {
-    /// The current spec.
-    Current,
-    /// An older spec, the last one that was accepted.
-    LastValidVersion,
-    /// Nothing: the object was never valid (or what it needs is gone).
-    Nothing,
-}
-
-/// The decision on one genie object.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Verdict {
-    pub kind: Kind,
-    pub name: String,
-    /// Where the spec in force came from.
-    pub origin: Origin,
-    pub age: i64,
-    /// The current spec's problems; empty when it is accepted.
-    pub problems: Vec<ConfigError>,
-    pub enforced: Enforced,
-    /// The spec in force as its source held it (the last valid version kept across restarts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enforced_spec: Option<serde_json::Value>,
-}
-
-impl Verdict {
-    pub fn accepted(&self) -> bool {
-        self.problems.is_empty()
-    }
-
-    /// The problems as one line each (`field: message`).
-    pub fn problem_text(&self) -> String {
-        self.problems
-            .iter()
-            .map(|e| {
-                if e.field.is_empty() {
-                    e.message.clone()
-                } else {
-                    format!("{}: {}", e.field, e.message)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-/// The outcome of one acceptance.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Acceptance {
-    /// What the node enforces.
-    pub model: Model,
-    /// One verdict per genie object (and per object kept from an unreadable file).
-    pub verdicts: Vec<Verdict>,
-    /// Problems that belong to no object.
-    pub problems: Vec<ConfigError>,
-}
-
-impl Acceptance {
-    /// Every problem, of objects and of documents.
-    pub fn all_problems(&self) -> Vec<ConfigError> {
-        self.problems
-            .iter()
-            .chain(self.verdicts.iter().flat_map(|v| &v.problems))
-            .cloned()
-            .collect()
-    }
-
-    /// Refused objects per kind (what the metric counts).
-    pub fn refused_by_kind(&self) -> BTreeMap<Kind, usize> {
-        let mut out: BTreeMap<Kind, usize> = Kind::GENIE.iter().map(|k| (*k, 0)).collect();
-        for v in self.verdicts.iter().filter(|v| !v.accepted()) {
-            *out.entry(v.kind).or_default() += 1;
-        }
-        out
-    }
-}
 
 /// Decides every object against the verdicts of the last acceptance (`previous`, empty on a
 /// first start), repeating until what is in force stops moving.
@@ -207,181 +132,6 @@ impl Entry<'_> {
     }
 }
 
-/// What the objects decided so far hold.
-#[derive(Default)]
-struct Taken {
-    physical: BTreeMap<String, (PhysicalNetwork, bool)>,
-    tenants: BTreeMap<String, (Tenant, bool)>,
-    logical: BTreeMap<String, LogicalNetwork>,
-    namespaces: BTreeMap<String, String>,
-    identities: BTreeMap<u32, String>,
-    subnets: Vec<(IpNet, String)>,
-}
-
-impl Taken {
-    /// What `valid` would conflict with; the object's own name never conflicts.
-    fn conflicts(
-        &self,
-        valid: &Valid,
-        err: &dyn Fn(&str, String) -> ConfigError,
-    ) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let identity = |identity: u32, me: String| {
-            self.identities.get(&identity).filter(|o| **o != me).map(|other| {
-                err(
-                    "metadata.name",
-                    format!("its identity {identity} collides with {other}, which is older; rename this one"),
-                )
-            })
-        };
-        match valid {
-            Valid::Physical(_) => {}
-            Valid::Tenant(t) => {
-                errors.extend(identity(t.default_identity, tenant_label(&t.name)));
-                for (i, ns) in t.namespaces.iter().enumerate() {
-                    if let Some(other) = self.namespaces.get(ns).filter(|o| **o != t.name) {
-                        errors.push(err(
-                            &format!("spec.namespaces[{i}]"),
-                            format!("namespace {ns:?} is already owned by tenant {other:?}"),
-                        ));
-                    }
-                }
-            }
-            Valid::Logical(n) => {
-                errors.extend(identity(n.identity, logical_label(&n.name)));
-                for (net, field) in n.subnets.iter().zip(["spec.subnet", "spec.subnet6"]) {
-                    if let Some((_, other)) = self.subnets.iter().find(|(o, owner)| {
-                        *owner != n.name
-                            && (o.contains(&net.network()) || net.contains(&o.network()))
-                    }) {
-                        errors.push(err(
-                            field,
-                            format!(
-                                "{:?} overlaps the subnet of logical network {other:?}",
-                                net.to_string()
-                            ),
-                        ));
-                    }
-                }
-                if let Some(phys) = &n.physical_network
-                    && self
-                        .physical
-                        .get(phys)
-                        .is_some_and(|(p, _)| p.spec.dedicated)
-                    && let Some(user) = self.logical.values().find(|o| {
-                        o.name != n.name
-                            && o.physical_network.as_ref() == Some(phys)
-                            && o.tenant != n.tenant
-                    })
-                {
-                    errors.push(err(
-                        "spec.physicalNetwork",
-                        format!(
-                            "physical network {phys:?} is dedicated and tenant {:?} already uses it (logical network {:?})",
-                            user.tenant, user.name
-                        ),
-                    ));
-                }
-            }
-        }
-        errors
-    }
-
-    /// What `valid` needs in force: a network's tenant and physical network. `current` says
-    /// the candidate is a change, which waits while what it needs is refused (it may rely on
-    /// that object's new version).
-    fn missing(
-        &self,
-        valid: &Valid,
-        change: bool,
-        err: &dyn Fn(&str, String) -> ConfigError,
-    ) -> Vec<ConfigError> {
-        let Valid::Logical(n) = valid else {
-            return Vec::new();
-        };
-        let mut errors = Vec::new();
-        match self.tenants.get(&n.tenant) {
-            None => errors.push(err(
-                "spec.tenant",
-                format!("tenant {:?} is not in force", n.tenant),
-            )),
-            Some((_, false)) if change => errors.push(err(
-                "spec.tenant",
-                format!(
-                    "tenant {:?} is refused; this change waits until it is fixed",
-                    n.tenant
-                ),
-            )),
-            Some(_) => {}
-        }
-        if let Some(phys) = &n.physical_network {
-            match self.physical.get(phys) {
-                None => errors.push(err(
-                    "spec.physicalNetwork",
-                    format!("physical network {phys:?} is not in force"),
-                )),
-                Some((_, false)) if change => errors.push(err(
-                    "spec.physicalNetwork",
-                    format!(
-                        "physical network {phys:?} is refused; this change waits until it is fixed"
-                    ),
-                )),
-                Some(_) => {}
-            }
-        }
-        errors
-    }
-
-    fn take(&mut self, valid: &Valid, current: bool) {
-        match valid {
-            Valid::Physical(p) => {
-                self.physical.insert(p.name.clone(), (p.clone(), current));
-            }
-            Valid::Tenant(t) => {
-                self.identities
-                    .insert(t.default_identity, tenant_label(&t.name));
-                for ns in &t.namespaces {
-                    self.namespaces.insert(ns.clone(), t.name.clone());
-                }
-                self.tenants.insert(t.name.clone(), (t.clone(), current));
-            }
-            Valid::Logical(n) => {
-                self.identities.insert(n.identity, logical_label(&n.name));
-                for net in &n.subnets {
-                    self.subnets.push((*net, n.name.clone()));
-                }
-                self.logical.insert(n.name.clone(), n.clone());
-            }
-        }
-    }
-
-    fn release(&mut self, valid: &Valid) {
-        match valid {
-            Valid::Physical(p) => {
-                self.physical.remove(&p.name);
-            }
-            Valid::Tenant(t) => {
-                self.identities.remove(&t.default_identity);
-                self.namespaces.retain(|_, owner| *owner != t.name);
-                self.tenants.remove(&t.name);
-            }
-            Valid::Logical(n) => {
-                self.identities.remove(&n.identity);
-                self.subnets.retain(|(_, owner)| *owner != n.name);
-                self.logical.remove(&n.name);
-            }
-        }
-    }
-}
-
-fn tenant_label(name: &str) -> String {
-    format!("the default network of tenant {name:?}")
-}
-
-fn logical_label(name: &str) -> String {
-    format!("logical network {name:?}")
-}
-
 fn error_for(kind: Kind, name: &str, file: PathBuf) -> impl Fn(&str, String) -> ConfigError {
     let name = name.to_owned();
     move |field: &str, message: String| ConfigError {
@@ -409,7 +159,7 @@ fn decide(
                 .unwrap_or_else(|| "default".to_owned());
             // A pod's bad annotation is that pod's problem: its ADD fails naming the
             // annotation, while everything else stays in force.
-            let attachments = crate::cni::annotations::attachments(&object.annotations, &namespace);
+            let attachments = super::annotations::attachments(&object.annotations, &namespace);
             model
                 .pods
                 .entry((namespace.clone(), object.name.clone()))
@@ -683,136 +433,6 @@ fn prior_dedicated_users(
         }
     }
     out
-}
-
-/// Which objects exist, for the references a current spec makes. These checks do not depend
-/// on what else is accepted, so an object's verdict does not depend on the order of decision.
-struct References<'a> {
-    tenants: BTreeSet<&'a str>,
-    physical: BTreeSet<&'a str>,
-    /// Every logical network named by a source, valid or not.
-    logical_names: BTreeSet<&'a str>,
-    /// Logical network → (owning tenant, isolation) as the owner currently declares it (else
-    /// as its last valid version did).
-    logical: BTreeMap<&'a str, (&'a str, &'a ValidIsolation)>,
-}
-
-impl<'a> References<'a> {
-    fn new(entries: &'a BTreeMap<(Kind, String), Entry<'a>>) -> Self {
-        let mut out = Self {
-            tenants: BTreeSet::new(),
-            physical: BTreeSet::new(),
-            logical_names: BTreeSet::new(),
-            logical: BTreeMap::new(),
-        };
-        for ((kind, name), entry) in entries {
-            match kind {
-                Kind::Tenant => {
-                    out.tenants.insert(name);
-                }
-                Kind::PhysicalNetwork => {
-                    out.physical.insert(name);
-                }
-                Kind::LogicalNetwork => {
-                    out.logical_names.insert(name);
-                    if let Some(Valid::Logical(n)) = entry.candidate() {
-                        out.logical.insert(name, (&n.tenant, &n.isolation));
-                    }
-                }
-                Kind::Pod => {}
-            }
-        }
-        out
-    }
-
-    /// Problems of the references `valid` makes.
-    fn check(&self, valid: &Valid, err: &dyn Fn(&str, String) -> ConfigError) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let (tenant, network, isolation, prefix) = match valid {
-            Valid::Physical(_) => return errors,
-            Valid::Tenant(t) => (
-                t.name.as_str(),
-                DEFAULT_NETWORK,
-                &t.default_isolation,
-                "spec.defaultIsolation",
-            ),
-            Valid::Logical(n) => {
-                if !self.tenants.contains(n.tenant.as_str()) {
-                    errors.push(err(
-                        "spec.tenant",
-                        format!("tenant {:?} does not exist", n.tenant),
-                    ));
-                }
-                if let Some(phys) = &n.physical_network
-                    && !self.physical.contains(phys.as_str())
-                {
-                    errors.push(err(
-                        "spec.physicalNetwork",
-                        format!("physical network {phys:?} does not exist"),
-                    ));
-                }
-                (
-                    n.tenant.as_str(),
-                    n.name.as_str(),
-                    &n.isolation,
-                    "spec.isolation",
-                )
-            }
-        };
-        for (i, peer) in isolation.peers.iter().enumerate() {
-            let field = format!("{prefix}.peers[{i}].network");
-            let Some((owner, owner_isolation)) = self.logical.get(peer.network.as_str()) else {
-                // A network that exists but is refused makes the rule inert, not wrong.
-                if !self.logical_names.contains(peer.network.as_str()) {
-                    errors.push(err(
-                        &field,
-                        format!("logical network {:?} does not exist", peer.network),
-                    ));
-                }
-                continue;
-            };
-            if let Some(m) = missing_consent(tenant, network, &peer.network, owner, owner_isolation)
-            {
-                errors.push(err(&field, m));
-            } else if let Some(rules) = rules_into(tenant, network, peer, owner, owner_isolation)
-                && let Some(n) = too_many_ranges(&rules)
-            {
-                errors.push(err(
-                    &format!("{prefix}.peers[{i}].ports"),
-                    format!(
-                        "with what {:?} allows in, this peer rule needs {n} port ranges; at most {} per protocol",
-                        peer.network,
-                        genie_common::maps::MAX_PORT_RANGES
-                    ),
-                ));
-            }
-        }
-        for (i, entry) in isolation.allow_from.iter().enumerate() {
-            let field = format!("{prefix}.allowFrom[{i}]");
-            if entry.tenant == tenant {
-                continue;
-            }
-            if !self.tenants.contains(entry.tenant.as_str()) {
-                errors.push(err(
-                    &format!("{field}.tenant"),
-                    format!("tenant {:?} does not exist", entry.tenant),
-                ));
-            }
-            if let Some(other) = &entry.network
-                && other != DEFAULT_NETWORK
-                && self.logical.get(other.as_str()).map(|o| o.0) != Some(entry.tenant.as_str())
-            {
-                errors.push(err(
-                    &format!("{field}.network"),
-                    format!(
-                        "tenant {:?} has no logical network {other:?} (name one of its networks, `default`, or leave it out for all)",
-                        entry.tenant
-                    ),
-                ));
-            }
-        }
-        errors
-    }
 }
 
 #[cfg(test)]

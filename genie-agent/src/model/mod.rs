@@ -3,6 +3,7 @@
 //! the validated types the reconcile step reads.
 
 pub mod accept;
+pub mod annotations;
 pub mod check;
 pub mod crd;
 pub mod objects;
@@ -152,8 +153,7 @@ pub struct PodManifest {
     pub name: String,
     pub annotations: BTreeMap<String, String>,
     /// The attachments its annotations ask for, or why they cannot be read.
-    pub attachments:
-        Result<Vec<crate::cni::annotations::Attachment>, crate::cni::annotations::AnnotationError>,
+    pub attachments: Result<Vec<annotations::Attachment>, annotations::AnnotationError>,
     pub file: PathBuf,
 }
 

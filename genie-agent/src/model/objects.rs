@@ -47,6 +47,11 @@ pub struct ObjectMeta {
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
     ),
     printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].reason"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -89,6 +94,11 @@ pub struct PhysicalNetworkSpec {
         name = "Accepted",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].reason"
     ),
     printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints"),
     printcolumn(
@@ -274,6 +284,11 @@ pub struct Limits {
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
     ),
+    printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].reason"
+    ),
     printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints"),
     printcolumn(
         name = "Age",
@@ -364,8 +379,10 @@ pub struct PublishedEndpoint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStatus {
-    /// `Accepted`: `True` when the object passed validation with the rest of the
-    /// configuration, `False` with the reason `Invalid` and the message naming the field.
+    /// `Accepted`: `True`/`Valid` when the current spec is valid, `False`/`Invalid` with the
+    /// message naming the fields. `Enforced`: `True`/`Enforced` when the current spec is what
+    /// the nodes enforce, `False`/`LastValidVersionEnforced` while an older version stays in
+    /// force, `False`/`NotEnforced` when nothing is.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Endpoints (pod interfaces) enforced for this object, summed over `nodes`.
@@ -380,13 +397,14 @@ pub struct ObjectStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Accepted`.
+    /// `Accepted` or `Enforced`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
-    /// CamelCase reason: `Valid` or `Invalid`.
+    /// CamelCase reason: `Valid`, `Invalid`, `Enforced`, `LastValidVersionEnforced` or
+    /// `NotEnforced`.
     pub reason: String,
     /// Human-readable detail: the field and the problem.
     #[serde(default)]

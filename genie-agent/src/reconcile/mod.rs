@@ -55,20 +55,8 @@ pub struct RemoteEndpoint {
     pub pod_cidrs: Vec<IpNet>,
 }
 
-/// The complete desired contents of the policy maps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DesiredState {
-    pub endpoints: BTreeMap<u32, EndpointInfo>,
-    pub addrs: BTreeMap<IpAddr16, AddrInfo>,
-    /// (prefix length in the 128-bit space, address) → identity.
-    pub cidrs: BTreeMap<(u32, IpAddr16), CidrInfo>,
-    pub identities: BTreeMap<u32, IdentityInfo>,
-    pub policy: BTreeMap<PolicyKey, PolicyValue>,
-    /// Rate-limit buckets by their configuration (their running state is the kernel's).
-    pub buckets: BTreeMap<BucketKey, BucketConfig>,
-    /// Connection-tracking zones that have endpoints here → their table's capacity.
-    pub ct_zones: BTreeMap<u32, u32>,
-}
+/// What the maps should hold: the dataplane's own type, computed here.
+pub type DesiredState = crate::dataplane::MapContents;
 
 /// Connection-tracking zones by tenant name (`""`: the namespaces of no tenant).
 pub type ZoneAssignment = BTreeMap<String, u32>;

@@ -10,8 +10,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use serde::Deserialize;
 
-use super::spec::validate_ifname;
-use crate::model::DEFAULT_NETWORK;
+use super::DEFAULT_NETWORK;
 
 /// genie's own annotation: `"data@eth1, mgmt"`.
 pub const GENIE_NETWORKS: &str = "genie.dev/networks";
@@ -332,6 +331,23 @@ fn assign_interfaces(
     // Interface order: eth0 first, then as the pod listed them.
     out.sort_by_key(|a| a.interface != DEFAULT_INTERFACE);
     Ok(out)
+}
+
+/// Interface names as the kernel accepts them (CNI spec: 1–15 characters, no `/`, `:` or
+/// whitespace).
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} must be 1 to 15 characters"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("{name:?} contains '/', ':' or whitespace"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

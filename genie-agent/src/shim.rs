@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{
-    handler::CNI_TIMEOUT,
-    spec::{self, CniError, Command, code},
+use crate::{
+    api::{self, ClientError, DEFAULT_SOCKET, Request},
+    cni::{
+        handler::CNI_TIMEOUT,
+        spec::{self, CniError, Command, code},
+    },
 };
-use crate::api::{self, ClientError, DEFAULT_SOCKET, Request};
 
 /// What the plugin prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
