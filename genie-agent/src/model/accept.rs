@@ -151,6 +151,7 @@ fn decide(
 ) -> Acceptance {
     let mut model = Model::default();
     let mut entries: BTreeMap<(Kind, String), Entry<'_>> = BTreeMap::new();
+    let mut duplicates: BTreeMap<(Kind, String), Vec<ConfigError>> = BTreeMap::new();
     for object in objects {
         if object.kind == Kind::Pod {
             let namespace = object
@@ -174,7 +175,9 @@ fn decide(
         }
         let key = (object.kind, object.name.clone());
         if let Some(first) = entries.get(&key).and_then(|e| e.current) {
-            problems.push(ConfigError {
+            // The first definition stays in force; the object reads as not accepted until
+            // the second is removed.
+            duplicates.entry(key).or_default().push(ConfigError {
                 file: object.origin.label(),
                 kind: object.kind.name().to_owned(),
                 name: object.name.clone(),
@@ -370,6 +373,9 @@ fn decide(
                 model
                     .refused
                     .insert(entry.name.clone(), problem_line(&problems));
+            }
+            if let Some(more) = duplicates.remove(&(kind, entry.name.clone())) {
+                problems.splice(0..0, more);
             }
             verdicts.push(Verdict {
                 kind,

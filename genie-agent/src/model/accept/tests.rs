@@ -388,3 +388,24 @@ fn consent_withdrawn_cuts_the_peer_without_freezing_anyone() {
         Enforced::Current
     );
 }
+
+#[test]
+fn a_second_definition_is_that_objects_problem_only() {
+    let first = net("a-net", "a", "198.18.1.0/24", "");
+    let second = net("a-net", "a", "198.18.9.0/24", "");
+    let acceptance = decide_files(
+        &[("1.yaml", format!("{TENANTS}{first}")), ("2.yaml", second)],
+        &[],
+    );
+    assert_eq!(
+        subnet_of(&acceptance, "a-net").as_deref(),
+        Some("198.18.1.0/24")
+    );
+    let v = verdict(&acceptance, Kind::LogicalNetwork, "a-net");
+    assert!(v.problem_text().contains("defined twice"), "{v:?}");
+    assert_eq!(v.enforced, Enforced::Current);
+    assert!(
+        acceptance.problems.is_empty(),
+        "no file-level problem blocks new pods"
+    );
+}
