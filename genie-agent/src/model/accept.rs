@@ -146,7 +146,7 @@ fn error_for(kind: Kind, name: &str, file: PathBuf) -> impl Fn(&str, String) -> 
 fn decide(
     objects: &[SourceObject],
     unreadable: &BTreeSet<PathBuf>,
-    mut problems: Vec<ConfigError>,
+    problems: Vec<ConfigError>,
     previous: &[Verdict],
 ) -> Acceptance {
     let mut model = Model::default();
