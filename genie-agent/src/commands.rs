@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node agent (file mode: objects from a directory of YAML files).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Register, remove or list endpoints through the running agent's API.
     Endpoint {
         #[command(subcommand)]
@@ -62,6 +62,9 @@ enum Command {
     /// binary directory and write 00-genie.conflist in front of the cluster's own
     /// configuration, which becomes genie's default network.
     InstallCni(InstallCniArgs),
+    /// Remove genie-cni and 00-genie.conflist from the node, leaving its primary CNI
+    /// configuration alone in charge (the DaemonSet's preStop / uninstall step).
+    UninstallCni(InstallCniArgs),
     /// Print the CustomResourceDefinitions of PhysicalNetwork, LogicalNetwork and Tenant
     /// (`genie crds | kubectl apply -f -`).
     Crds,
@@ -116,6 +119,15 @@ struct AgentArgs {
     /// (`--source kube`), as NAMESPACE/NAME.
     #[arg(long, default_value = "kube-system/kube-dns")]
     cluster_dns_service: String,
+    /// The node's CNI configuration directory: the agent keeps genie's configuration there in
+    /// front of the primary one and rewrites it when the primary changes (not ready while
+    /// there is no primary). Off when not given.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The agent's socket as genie-cni on the node reaches it (written into genie's CNI
+    /// configuration with --cni-conf-dir).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    cni_agent_socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,7 +259,7 @@ enum InspectCommand {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Endpoint { what, socket } => run_endpoint(what, &socket),
         Command::InstallCni(args) => {
             let genie_cni = match args.genie_cni {
@@ -268,6 +280,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 installed.config.display(),
                 installed.primary.display()
             );
+            Ok(())
+        }
+        Command::UninstallCni(args) => {
+            let removed =
+                genie_agent::cni::install::uninstall(&args.cni_bin_dir, &args.cni_conf_dir)?;
+            for path in removed {
+                eprintln!("removed {}", path.display());
+            }
             Ok(())
         }
         Command::Crds => {
@@ -313,6 +333,9 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         socket: args.paths.socket.clone(),
         host_cidrs: args.host_cidrs,
         dns: args.dns,
+        cni_config: args
+            .cni_conf_dir
+            .map(|dir| (dir, args.cni_agent_socket.clone())),
         kube: match args.source {
             SourceKind::File => None,
             SourceKind::Kube => Some(agent::KubeConfig {

@@ -60,7 +60,7 @@ fn check(doc: &Value) -> Result<(), String> {
 #[test]
 fn every_manifest_matches_the_upstream_kubernetes_types() {
     let mut failures = Vec::new();
-    for file in ["genie.yaml", "crds.yaml"] {
+    for file in ["genie.yaml", "crds.yaml", "uninstall.yaml"] {
         for doc in documents(file) {
             if let Err(e) = check(&doc) {
                 failures.push(format!(
@@ -136,38 +136,42 @@ fn rbac_is_least_privilege() {
 
 #[test]
 fn the_daemonset_runs_what_the_binary_accepts() {
-    let daemonset = documents("genie.yaml")
-        .into_iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .unwrap();
-    let spec = &daemonset["spec"]["template"]["spec"];
-    let genie = Path::new(env!("CARGO_BIN_EXE_genie"));
-    for container in spec["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(spec["containers"].as_array().unwrap())
-    {
-        let command: Vec<&str> = container["command"]
+    for file in ["genie.yaml", "uninstall.yaml"] {
+        let daemonset = documents(file)
+            .into_iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .unwrap();
+        let spec = &daemonset["spec"]["template"]["spec"];
+        let genie = Path::new(env!("CARGO_BIN_EXE_genie"));
+        for container in spec["initContainers"]
             .as_array()
             .unwrap()
             .iter()
-            .chain(container["args"].as_array().unwrap())
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(command[0], "genie");
-        // `--help` after the arguments: clap parses them all (an unknown flag fails) and
-        // prints help instead of running.
-        let out = std::process::Command::new(genie)
-            .args(&command[1..])
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            container["name"],
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .chain(spec["containers"].as_array().unwrap())
+        {
+            let command: Vec<&str> = container["command"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(container["args"].as_array().into_iter().flatten())
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            if command[0] != "genie" {
+                continue;
+            }
+            // `--help` after the arguments: clap parses them all (an unknown flag fails) and
+            // prints help instead of running.
+            let out = std::process::Command::new(genie)
+                .args(&command[1..])
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{file} {}: {}",
+                container["name"],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

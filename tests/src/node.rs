@@ -167,6 +167,7 @@ impl TestNode {
             dns: Vec::new(),
             pacing_cgroup: genie_agent::dataplane::cgroup2_root(),
             kube: None,
+            cni_config: None,
         }
     }
 

@@ -160,3 +160,32 @@ impl Backend for Mutex<Agent> {
         }
     }
 }
+
+impl Agent {
+    /// Keeps genie's CNI configuration in front of the node's primary one, rewriting it when
+    /// the primary changed (CNI DaemonSets rewrite their file after genie started). Without a
+    /// primary the agent is not ready and CNI STATUS answers 50 until one appears.
+    pub fn keep_cni_config(&mut self) {
+        let Some((conf_dir, socket)) = self.config.cni_config.clone() else {
+            return;
+        };
+        match crate::cni::install::write_config(&conf_dir, &socket) {
+            Ok((config, primary, changed)) => {
+                if changed {
+                    tracing::info!(config = %config.display(), primary = %primary.display(), "genie's CNI configuration follows the primary");
+                }
+                if self.cni_config_error.take().is_some() {
+                    tracing::info!(primary = %primary.display(), "a primary CNI configuration is back");
+                }
+            }
+            Err(e) => {
+                let text = format!("genie's CNI configuration: {e}");
+                if self.cni_config_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "not ready until the node has a primary CNI configuration");
+                    self.metrics.failed("cni-config", "primary");
+                }
+                self.cni_config_error = Some(text);
+            }
+        }
+    }
+}

@@ -53,6 +53,10 @@ pub struct AgentConfig {
     pub pacing_cgroup: Option<PathBuf>,
     /// Objects from the Kubernetes API instead of `config_dir`.
     pub kube: Option<KubeConfig>,
+    /// The node's CNI configuration directory and the socket genie-cni reaches the agent at:
+    /// the agent keeps genie's configuration in front of the primary there (`None`: it does
+    /// not; `genie install-cni` alone wrote it).
+    pub cni_config: Option<(PathBuf, PathBuf)>,
 }
 
 /// How the agent reaches the Kubernetes API (`--source kube`).
@@ -158,6 +162,9 @@ pub struct Agent {
     reservations: BTreeMap<String, QuotaReservation>,
     /// Whether `pace_tcp` is attached (for the metrics).
     pacing_attached: bool,
+    /// Why genie's CNI configuration cannot be kept (no primary network): not ready, CNI
+    /// STATUS answers 50.
+    cni_config_error: Option<String>,
     /// Connection-tracking zones by tenant (read back from the pinned identities at start, so
     /// a tenant keeps its table across restarts).
     zones: ZoneAssignment,
@@ -213,6 +220,7 @@ impl Agent {
             reservations: BTreeMap::new(),
             zones: ZoneAssignment::new(),
             pacing_attached: false,
+            cni_config_error: None,
         };
         agent.verdicts = crate::model::accept::read_verdicts(&agent.config.state_dir);
         agent.zones = agent.pinned_zones()?;
@@ -369,8 +377,11 @@ impl Agent {
     /// The current status.
     pub fn status(&self) -> Status {
         Status {
-            ready: self.model.is_some(),
-            config_error: self.config_error.clone(),
+            ready: self.model.is_some() && self.cni_config_error.is_none(),
+            config_error: self
+                .config_error
+                .clone()
+                .or_else(|| self.cni_config_error.clone()),
             refused: self.refused_objects(),
             endpoints: self.registry.all().count(),
             policy_epoch: self.maps.epoch().unwrap_or(0),

@@ -58,6 +58,11 @@ pub fn serve(
     metrics_address: Option<std::net::SocketAddr>,
 ) -> Result<(), AgentError> {
     let config_dir = agent.config_dir().to_owned();
+    let cni_conf_dir = agent
+        .config()
+        .cni_config
+        .as_ref()
+        .map(|(dir, _)| dir.clone());
     let cni = Arc::new(
         CniHandler::new(&agent.config().state_dir, &agent.config().netns).map_err(|e| {
             AgentError::Registry {
@@ -77,6 +82,12 @@ pub fn serve(
     {
         let agent = Arc::clone(&agent);
         spawn("config-watch", move || watch(&agent, &config_dir))?;
+    }
+    if let Some(conf_dir) = cni_conf_dir {
+        let agent = Arc::clone(&agent);
+        spawn("cni-config-watch", move || {
+            watch_cni_config(&agent, &conf_dir)
+        })?;
     }
 
     // Before any request: what a dead agent or a lost DEL left behind goes first.
@@ -131,6 +142,24 @@ fn source_state(kube: Option<&AtomicU64>, dir: &Path) -> SourceState {
     match kube {
         Some(generation) => SourceState::Kube(generation.load(Ordering::Relaxed)),
         None => SourceState::Files(fingerprint(dir)),
+    }
+}
+
+/// Follows the node's CNI configuration directory: genie's file is rewritten within a poll of
+/// the primary changing.
+fn watch_cni_config(agent: &Mutex<Agent>, conf_dir: &Path) {
+    let mut last = None;
+    loop {
+        let now = fingerprint(conf_dir);
+        if last.as_ref() != Some(&now) {
+            agent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keep_cni_config();
+            // Read again: genie's own write is part of the directory's new state.
+            last = Some(fingerprint(conf_dir));
+        }
+        thread::sleep(CONFIG_POLL);
     }
 }
 

@@ -36,6 +36,27 @@ pub struct CachedAttachment {
     /// The interface's own bandwidth limits.
     #[serde(default)]
     pub bandwidth: Option<super::annotations::BandwidthRequest>,
+    /// The plugins chained after `plugin` (a network configuration list, CNI spec §
+    /// "Network Configuration Lists"), in ADD order; each got the previous one's result as
+    /// `prevResult`, and `result` is the last one's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ChainedPlugin>,
+}
+
+/// A plugin chained after an attachment's first one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainedPlugin {
+    pub plugin: PathBuf,
+    pub config: Value,
+}
+
+impl CachedAttachment {
+    /// Every plugin of the attachment with its configuration, in ADD order.
+    pub fn plugins(&self) -> impl DoubleEndedIterator<Item = (&Path, &Value)> {
+        std::iter::once((self.plugin.as_path(), &self.config))
+            .chain(self.chain.iter().map(|c| (c.plugin.as_path(), &c.config)))
+    }
 }
 
 /// Everything ADD did for one container.
@@ -274,6 +295,7 @@ mod tests {
                 result: json!({"cniVersion": "1.0.0"}),
                 endpoint: Some(3),
                 bandwidth: None,
+                chain: Vec::new(),
             }],
             adding: false,
         }

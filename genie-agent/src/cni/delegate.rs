@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 use super::spec::{self, Command};
 
+/// `PATH` for delegates when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Errors running a delegate.
 #[derive(Debug, thiserror::Error)]
 pub enum DelegateError {
@@ -184,6 +187,12 @@ fn run(
     let mut process = Process::new(plugin);
     process
         .env_clear()
+        // Plugins run tools of the node (portmap runs iptables, bandwidth tc): runtimes give
+        // them their own PATH, so does genie. Nothing else of the agent's environment passes.
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        )
         .env("CNI_COMMAND", command_name)
         .env(
             "CNI_PATH",
@@ -392,6 +401,71 @@ pub fn check(
         &config,
     )
     .map(|_| ())
+}
+
+pub use crate::model::check::plugin_list;
+
+/// The configuration of a plugin chained after a network's first one: the plugin's own object
+/// with the list's `name` and `cniVersion` (CNI spec, "Network Configuration Lists").
+pub fn chained_config(network: &str, plugin: &Value, cni_version: &str) -> Value {
+    let mut config = plugin.clone();
+    if let Some(object) = config.as_object_mut() {
+        object.insert("cniVersion".to_owned(), json!(cni_version));
+        object.insert("name".to_owned(), json!(network));
+    }
+    config
+}
+
+/// Adds `runtimeConfig` with the runtime's values for exactly the capabilities `config`
+/// declares (CNI spec, "Deriving runtimeConfig"); a plugin that declares none gets none.
+pub fn add_runtime_config(config: &mut Value, runtime: Option<&Value>) {
+    let declared: Vec<String> = config
+        .get("capabilities")
+        .and_then(Value::as_object)
+        .map(|c| {
+            c.iter()
+                .filter(|(_, on)| on.as_bool() == Some(true))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(runtime) = runtime.and_then(Value::as_object) else {
+        return;
+    };
+    let passed: serde_json::Map<String, Value> = runtime
+        .iter()
+        .filter(|(k, _)| declared.contains(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !passed.is_empty()
+        && let Some(object) = config.as_object_mut()
+    {
+        object.insert("runtimeConfig".to_owned(), Value::Object(passed));
+    }
+}
+
+/// ADD through a chain: each plugin gets the previous one's result as `prevResult`; the last
+/// result is the chain's. `progress` sees each result as it comes (the caller caches it, so a
+/// DEL after a crash has the newest `prevResult`).
+pub fn add_chain<'a>(
+    plugins: impl Iterator<Item = (&'a Path, &'a Value)>,
+    invocation: &Invocation,
+    mut progress: impl FnMut(&Value) -> Result<(), DelegateError>,
+) -> Result<AddResult, DelegateError> {
+    let mut last: Option<AddResult> = None;
+    for (plugin, config) in plugins {
+        let mut config = config.clone();
+        if let (Some(prev), Some(object)) = (&last, config.as_object_mut()) {
+            object.insert("prevResult".to_owned(), prev.raw.clone());
+        }
+        let added = add(plugin, invocation, &config)?;
+        progress(&added.raw)?;
+        last = Some(added);
+    }
+    last.ok_or_else(|| DelegateError::Config {
+        network: String::new(),
+        message: "no plugin to run".to_owned(),
+    })
 }
 
 /// The delegate configuration for one network: its `plugin` object with `cniVersion` and

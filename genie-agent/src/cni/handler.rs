@@ -20,11 +20,11 @@ use tracing::{info, warn};
 use super::{
     annotations::{BandwidthRequest, DEFAULT_INTERFACE},
     backend::Backend,
-    cache::{Cache, CacheError, CachedAttachment, CachedContainer},
+    cache::{Cache, CacheError, CachedAttachment, CachedContainer, ChainedPlugin},
     delegate::{self, DelegateError, Invocation},
     plan::PlannedAttachment,
     result,
-    spec::{CniError, Command, Env, NetConf, code, version_result},
+    spec::{self, CniError, Command, Env, NetConf, code, version_result},
 };
 
 /// How long `genie-cni` waits for the agent's answer: ADD runs every delegate of the pod.
@@ -277,24 +277,86 @@ impl CniHandler {
             Some(plugin) => Some(plugin),
             None => conf.default_network.as_ref(),
         };
-        let plugin_type = plugin_config
-            .and_then(|p| p.get("type"))
+        let plugins = match plugin_config {
+            Some(value) => delegate::plugin_list(value).map_err(|message| {
+                delegate_error(
+                    &label,
+                    DelegateError::Config {
+                        network: planned.network.clone(),
+                        message,
+                    },
+                )
+            })?,
+            None => Vec::new(),
+        };
+        let is_runtime_interface = ifname == runtime_ifname;
+        let mut binaries = Vec::with_capacity(plugins.len().max(1));
+        let mut version = conf.cni_version.clone();
+        for plugin in &plugins {
+            let plugin_type = plugin
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let binary = delegate::find_plugin(&env.path, plugin_type)
+                .map_err(|e| delegate_error(&label, e))?;
+            // Each plugin is asked what it speaks; the chain speaks the newest version all of
+            // them do, since each reads the previous one's result (CNI spec, prevResult).
+            let theirs = self
+                .negotiate(&binary, &env.path, &conf.cni_version)
+                .map_err(|e| delegate_error(&label, e))?;
+            if spec::version_less(&theirs, &version) {
+                version = theirs;
+            }
+            binaries.push(binary);
+        }
+        // Capabilities the runtime filled (port mappings, bandwidth, …) go to the plugins of
+        // its own interface that declare them, and to no other.
+        let runtime_config = conf
+            .runtime_config
+            .as_ref()
+            .filter(|_| is_runtime_interface);
+        // An embedded network configuration list keeps its own name (plugins such as portmap
+        // and Calico key their state by it).
+        let delegate_name = plugin_config
+            .filter(|v| v.get("plugins").is_some())
+            .and_then(|v| v.get("name"))
             .and_then(Value::as_str)
-            .unwrap_or_default();
-        let binary =
-            delegate::find_plugin(&env.path, plugin_type).map_err(|e| delegate_error(&label, e))?;
-        let version = self
-            .negotiate(&binary, &env.path, &conf.cni_version)
-            .map_err(|e| delegate_error(&label, e))?;
-        let config = delegate::network_config(
-            &planned.network,
-            plugin_config,
-            &planned.subnets,
-            &version,
-            ifname == runtime_ifname,
-            &self.ipam_dir,
-        )
-        .map_err(|e| delegate_error(&label, e))?;
+            .unwrap_or(&planned.network)
+            .to_owned();
+        let mut configs = Vec::with_capacity(plugins.len());
+        for (i, plugin) in plugins.iter().enumerate() {
+            let mut config = if i == 0 {
+                delegate::network_config(
+                    &delegate_name,
+                    Some(plugin),
+                    &planned.subnets,
+                    &version,
+                    is_runtime_interface,
+                    &self.ipam_dir,
+                )
+                .map_err(|e| delegate_error(&label, e))?
+            } else {
+                delegate::chained_config(&delegate_name, plugin, &version)
+            };
+            delegate::add_runtime_config(&mut config, runtime_config);
+            configs.push(config);
+        }
+        let (Some(binary), Some(config)) = (binaries.first().cloned(), configs.first().cloned())
+        else {
+            return Err(delegate_error(
+                &label,
+                DelegateError::Config {
+                    network: planned.network.clone(),
+                    message: "has no `plugin` (a delegate CNI configuration object)".to_owned(),
+                },
+            ));
+        };
+        let chain = binaries
+            .into_iter()
+            .zip(configs)
+            .skip(1)
+            .map(|(plugin, config)| ChainedPlugin { plugin, config })
+            .collect();
         // The runtime's bandwidth capability (kubelet fills it from the pod's
         // `kubernetes.io/*-bandwidth` annotations) is for its own interface.
         let bandwidth = match runtime_bandwidth {
@@ -309,6 +371,7 @@ impl CniHandler {
             result: Value::Null,
             endpoint: None,
             bandwidth,
+            chain,
         })
     }
 
@@ -348,15 +411,27 @@ impl CniHandler {
     ) -> Result<Value, CniError> {
         let label = attachment_label(&attachment);
         let invocation = self.invocation(record, &attachment.ifname);
-        let plugin = attachment.plugin.clone();
-        let config = attachment.config.clone();
+        let plugins: Vec<(PathBuf, Value)> = attachment
+            .plugins()
+            .map(|(p, c)| (p.to_owned(), c.clone()))
+            .collect();
         record.attachments.push(attachment);
         self.cache.store(record).map_err(io_error)?;
-        let added =
-            delegate::add(&plugin, &invocation, &config).map_err(|e| delegate_error(&label, e))?;
         let last = record.attachments.len() - 1;
-        record.attachments[last].result = added.raw.clone();
-        self.cache.store(record).map_err(io_error)?;
+        let added = delegate::add_chain(
+            plugins.iter().map(|(p, c)| (p.as_path(), c)),
+            &invocation,
+            |result| {
+                // Each plugin's result is cached before the next runs: DEL after a crash
+                // gets the newest one as prevResult.
+                record.attachments[last].result = result.clone();
+                self.cache.store(record).map_err(|e| DelegateError::Io {
+                    plugin: PathBuf::from("genie attachment cache"),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            },
+        )
+        .map_err(|e| delegate_error(&label, e))?;
         let request = record
             .endpoint_request(&record.attachments[last], &self.node_netns)
             .map_err(|m| {

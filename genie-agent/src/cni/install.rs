@@ -43,6 +43,8 @@ pub struct Installed {
     pub config: PathBuf,
     /// The configuration file that became the default network.
     pub primary: PathBuf,
+    /// Whether genie's configuration changed (a rerun over the same primary writes nothing).
+    pub changed: bool,
 }
 
 /// Copies `genie_cni` into `bin_dir` and writes [`CONF_NAME`] into `conf_dir` with the
@@ -54,36 +56,87 @@ pub fn install(
     conf_dir: &Path,
     agent_socket: &Path,
 ) -> Result<Installed, InstallError> {
-    let (primary, default_network) = primary_network(conf_dir)?;
+    // Checked before anything is written: without a primary there is nothing to install.
+    primary_network(conf_dir)?;
     let binary = bin_dir.join("genie-cni");
     let bytes = fs::read(genie_cni).map_err(|source| InstallError::Read {
         path: genie_cni.to_owned(),
         source,
     })?;
-    write_atomically(&binary, &bytes, 0o755)?;
-    let conf = json!({
+    if fs::read(&binary).ok().as_deref() != Some(bytes.as_slice()) {
+        write_atomically(&binary, &bytes, 0o755)?;
+    }
+    let (config, primary, changed) = write_config(conf_dir, agent_socket)?;
+    Ok(Installed {
+        binary,
+        config,
+        primary,
+        changed,
+    })
+}
+
+/// Writes [`CONF_NAME`] from the primary configuration now in `conf_dir` (when it differs
+/// from what is there). Returns genie's file, the primary and whether genie's file changed.
+/// The agent calls it whenever the directory changes: CNI DaemonSets rewrite their file
+/// after genie started, and genie's copy must follow.
+pub fn write_config(
+    conf_dir: &Path,
+    agent_socket: &Path,
+) -> Result<(PathBuf, PathBuf, bool), InstallError> {
+    let (primary, default_network) = primary_network(conf_dir)?;
+    let conf = genie_config(&default_network, agent_socket);
+    let config = conf_dir.join(CONF_NAME);
+    let text = serde_json::to_vec_pretty(&conf).unwrap_or_default();
+    let changed = fs::read(&config).ok().as_deref() != Some(text.as_slice());
+    if changed {
+        write_atomically(&config, &text, 0o644)?;
+    }
+    Ok((config, primary, changed))
+}
+
+/// Removes genie's configuration and binary, leaving the node to its primary network.
+/// Returns what was removed.
+pub fn uninstall(bin_dir: &Path, conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
+    let mut removed = Vec::new();
+    for path in [conf_dir.join(CONF_NAME), bin_dir.join("genie-cni")] {
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(InstallError::Write { path, source }),
+        }
+    }
+    Ok(removed)
+}
+
+/// genie's network configuration list: genie-cni alone, with the primary embedded whole as
+/// its default network and every capability any of the primary's plugins declares (so the
+/// runtime passes e.g. `portMappings` to genie-cni, which passes them on to those plugins).
+fn genie_config(default_network: &Value, agent_socket: &Path) -> Value {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("bandwidth".to_owned(), json!(true));
+    for plugin in default_network["plugins"].as_array().into_iter().flatten() {
+        for (name, on) in plugin["capabilities"].as_object().into_iter().flatten() {
+            if on.as_bool() == Some(true) {
+                capabilities.insert(name.clone(), json!(true));
+            }
+        }
+    }
+    json!({
         "cniVersion": "1.1.0",
         "name": "genie",
         "plugins": [{
             "type": "genie-cni",
             "agentSocket": agent_socket,
-            "capabilities": {"bandwidth": true},
+            "capabilities": capabilities,
             "defaultNetwork": default_network,
         }],
-    });
-    let config = conf_dir.join(CONF_NAME);
-    let text = serde_json::to_vec_pretty(&conf).unwrap_or_default();
-    write_atomically(&config, &text, 0o644)?;
-    Ok(Installed {
-        binary,
-        config,
-        primary,
     })
 }
 
-/// The first configuration in `conf_dir` (the order runtimes use) other than genie's own,
-/// and its plugin as a delegate configuration.
-fn primary_network(conf_dir: &Path) -> Result<(PathBuf, Value), InstallError> {
+/// The first configuration in `conf_dir` (the order runtimes use) other than genie's own, as
+/// a network configuration list: a `.conflist` as it is, a single-plugin `.conf` wrapped into
+/// one.
+pub fn primary_network(conf_dir: &Path) -> Result<(PathBuf, Value), InstallError> {
     let read_err = |source| InstallError::Read {
         path: conf_dir.to_owned(),
         source,
@@ -112,32 +165,25 @@ fn primary_network(conf_dir: &Path) -> Result<(PathBuf, Value), InstallError> {
         source,
     })?;
     let value: Value = serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let mut plugin = match value.get("plugins") {
-        None => value.clone(),
-        Some(Value::Array(plugins)) if plugins.len() == 1 => plugins[0].clone(),
-        Some(Value::Array(plugins)) => {
-            let types: Vec<&str> = plugins.iter().filter_map(|p| p["type"].as_str()).collect();
-            return Err(bad(format!(
-                "a chain of {} plugins ({}): genie-cni delegates the default network to one \
-                 plugin; chained primary networks are not supported yet",
-                plugins.len(),
-                types.join(", ")
-            )));
-        }
+    let list = match value.get("plugins") {
+        Some(Value::Array(_)) => value,
         Some(_) => return Err(bad("`plugins` is not a list".to_owned())),
+        None => {
+            // A single-plugin `.conf`: its name and version belong to the list.
+            let mut plugin = value.clone();
+            if let Some(object) = plugin.as_object_mut() {
+                object.remove("name");
+                object.remove("cniVersion");
+            }
+            json!({
+                "cniVersion": value.get("cniVersion").cloned().unwrap_or(json!("1.0.0")),
+                "name": value.get("name").cloned().unwrap_or(json!("default")),
+                "plugins": [plugin],
+            })
+        }
     };
-    if plugin["type"].as_str().is_none_or(str::is_empty) {
-        return Err(bad("its plugin has no `type`".to_owned()));
-    }
-    if plugin["type"] == "genie-cni" {
-        return Err(bad("it is a genie-cni configuration itself".to_owned()));
-    }
-    if let Some(object) = plugin.as_object_mut() {
-        // genie sets these for each delegate call.
-        object.remove("cniVersion");
-        object.remove("name");
-    }
-    Ok((primary, plugin))
+    crate::model::check::plugin_list(&list).map_err(bad)?;
+    Ok((primary, list))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
@@ -166,43 +212,97 @@ mod tests {
         (source, bin, conf)
     }
 
+    /// The primaries as the distributions write them.
+    const KINDNET: &str = r#"{
+  "cniVersion": "0.3.1",
+  "name": "kindnet",
+  "plugins": [
+    {"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "dataDir": "/run/cni-ipam-state", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.244.0.0/24"}]]}, "mtu": 1500},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}"#;
+    const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}"#;
+    const CALICO: &str = r#"{
+  "name": "k8s-pod-network",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {"type": "calico", "log_level": "info", "datastore_type": "kubernetes", "nodename": "node-1", "mtu": 0, "ipam": {"type": "calico-ipam"}, "policy": {"type": "k8s"}, "kubernetes": {"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}},
+    {"type": "bandwidth", "capabilities": {"bandwidth": true}},
+    {"type": "portmap", "snat": true, "capabilities": {"portMappings": true}}
+  ]
+}"#;
+
     #[test]
-    fn the_first_primary_configuration_becomes_the_default_network() {
-        let (source, bin, conf) = dirs();
-        fs::write(
-            conf.join("10-flat.conflist"),
-            r#"{"cniVersion": "1.0.0", "name": "flat", "plugins": [{"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local", "subnet": "10.1.0.0/16"}}]}"#,
-        )
-        .unwrap();
-        fs::write(conf.join("99-other.conf"), r#"{"type": "macvlan"}"#).unwrap();
-        let installed = install(&source, &bin, &conf, Path::new("/run/genie/agent.sock")).unwrap();
-        assert_eq!(installed.primary, conf.join("10-flat.conflist"));
-        assert_eq!(fs::read(bin.join("genie-cni")).unwrap(), b"#!/bin/true\n");
-        let written: Value =
-            serde_json::from_slice(&fs::read(conf.join(CONF_NAME)).unwrap()).unwrap();
-        let plugin = &written["plugins"][0];
-        assert_eq!(plugin["type"], "genie-cni");
-        assert_eq!(plugin["agentSocket"], "/run/genie/agent.sock");
-        assert_eq!(plugin["defaultNetwork"]["type"], "bridge");
-        assert_eq!(plugin["defaultNetwork"]["bridge"], "cni0");
-        assert!(plugin["defaultNetwork"].get("name").is_none());
-        // Run again (a restarted init container): genie's own file is not taken as primary.
-        let again = install(&source, &bin, &conf, Path::new("/run/genie/agent.sock")).unwrap();
-        assert_eq!(again.primary, conf.join("10-flat.conflist"));
+    fn chained_primaries_are_embedded_unchanged() {
+        for (file, text) in [
+            ("10-kindnet.conflist", KINDNET),
+            ("10-flannel.conflist", FLANNEL),
+            ("10-calico.conflist", CALICO),
+        ] {
+            let (source, bin, conf) = dirs();
+            fs::write(conf.join(file), text).unwrap();
+            let installed =
+                install(&source, &bin, &conf, Path::new("/run/genie/agent.sock")).unwrap();
+            assert_eq!(installed.primary, conf.join(file));
+            assert!(installed.changed);
+            let written: Value =
+                serde_json::from_slice(&fs::read(conf.join(CONF_NAME)).unwrap()).unwrap();
+            let plugin = &written["plugins"][0];
+            assert_eq!(plugin["type"], "genie-cni");
+            let original: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(plugin["defaultNetwork"], original, "{file}");
+            assert_eq!(plugin["capabilities"]["portMappings"], true, "{file}");
+            assert_eq!(plugin["capabilities"]["bandwidth"], true, "{file}");
+            // A rerun writes nothing; uninstall leaves exactly the primary.
+            let again = install(&source, &bin, &conf, Path::new("/run/genie/agent.sock")).unwrap();
+            assert!(!again.changed);
+            uninstall(&bin, &conf).unwrap();
+            let left: Vec<_> = fs::read_dir(&conf)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, [std::ffi::OsString::from(file)]);
+            assert!(!bin.join("genie-cni").exists());
+        }
     }
 
     #[test]
-    fn a_chained_or_missing_primary_is_refused_and_nothing_is_written() {
+    fn a_single_plugin_primary_becomes_a_one_plugin_list() {
+        let (source, bin, conf) = dirs();
+        fs::write(
+            conf.join("10-flat.conf"),
+            r#"{"cniVersion": "1.0.0", "name": "flat", "type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local", "subnet": "10.1.0.0/16"}}"#,
+        )
+        .unwrap();
+        fs::write(conf.join("99-other.conf"), r#"{"type": "macvlan"}"#).unwrap();
+        install(&source, &bin, &conf, Path::new("/run/genie/agent.sock")).unwrap();
+        let written: Value =
+            serde_json::from_slice(&fs::read(conf.join(CONF_NAME)).unwrap()).unwrap();
+        let default = &written["plugins"][0]["defaultNetwork"];
+        assert_eq!(default["name"], "flat");
+        assert_eq!(default["plugins"][0]["type"], "bridge");
+        assert!(default["plugins"][0].get("name").is_none());
+    }
+
+    #[test]
+    fn a_missing_or_broken_primary_is_refused_and_nothing_is_written() {
         let (source, bin, conf) = dirs();
         let err = install(&source, &bin, &conf, Path::new("/s")).unwrap_err();
         assert!(matches!(err, InstallError::NoPrimary { .. }), "{err}");
         fs::write(
-            conf.join("10-calico.conflist"),
-            r#"{"name": "k8s-pod-network", "plugins": [{"type": "calico"}, {"type": "portmap"}]}"#,
+            conf.join("10-bad.conflist"),
+            r#"{"name": "x", "plugins": [{}]}"#,
         )
         .unwrap();
         let err = install(&source, &bin, &conf, Path::new("/s")).unwrap_err();
-        assert!(err.to_string().contains("calico, portmap"), "{err}");
+        assert!(err.to_string().contains("no `type`"), "{err}");
         assert!(!conf.join(CONF_NAME).exists());
         assert!(!bin.join("genie-cni").exists());
     }

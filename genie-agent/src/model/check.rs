@@ -175,6 +175,11 @@ fn check_logical(
             ));
         }
     }
+    if let Some(plugin) = &spec.plugin
+        && let Err(m) = plugin_list(plugin)
+    {
+        errors.push(err("spec.plugin", m));
+    }
     let limits = spec
         .limits
         .as_ref()
@@ -194,6 +199,36 @@ fn check_logical(
         }),
         _ => Err(errors),
     }
+}
+
+/// The plugins of a delegate configuration, in ADD order: a network configuration list
+/// (`{"plugins": [...]}`, as a primary network's conflist is embedded whole), a JSON list of
+/// plugin objects (`LogicalNetwork.spec.plugin` as a chain), or one plugin object.
+pub fn plugin_list(value: &serde_json::Value) -> Result<Vec<serde_json::Value>, String> {
+    let plugins = match value {
+        serde_json::Value::Array(items) => items.clone(),
+        serde_json::Value::Object(object) => match object.get("plugins") {
+            Some(serde_json::Value::Array(items)) => items.clone(),
+            Some(_) => return Err("`plugins` is not a list".to_owned()),
+            None => vec![value.clone()],
+        },
+        _ => return Err("is neither a plugin object nor a list of them".to_owned()),
+    };
+    if plugins.is_empty() {
+        return Err("its plugin list is empty".to_owned());
+    }
+    for (i, plugin) in plugins.iter().enumerate() {
+        match plugin.get("type").and_then(serde_json::Value::as_str) {
+            Some(t) if !t.is_empty() && t != "genie-cni" => {}
+            Some("genie-cni") => {
+                return Err(format!(
+                    "plugin {i} is genie-cni itself; a delegate cannot be genie"
+                ));
+            }
+            _ => return Err(format!("plugin {i} has no `type`")),
+        }
+    }
+    Ok(plugins)
 }
 
 /// Names are DNS labels (RFC 1123): they become parts of map entries and labels.

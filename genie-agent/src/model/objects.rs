@@ -127,8 +127,9 @@ pub struct LogicalNetworkSpec {
     #[serde(default)]
     #[schemars(regex(pattern = CIDR))]
     pub subnet6: Option<String>,
-    /// The delegate CNI configuration (`type` and the plugin's own fields); genie adds
-    /// `cniVersion`, `name` and, without `ipam`, host-local IPAM over `subnet`.
+    /// The delegate CNI configuration (`type` and the plugin's own fields), or a list of them
+    /// run as a chain (e.g. `macvlan` then `tuning`); genie adds `cniVersion`, `name` and,
+    /// when the first has no `ipam`, host-local IPAM over `subnet`.
     #[serde(default)]
     #[schemars(schema_with = "delegate_config_schema")]
     pub plugin: Option<serde_json::Value>,
@@ -427,12 +428,12 @@ const CIDR: &str = "^[0-9a-fA-F:.]+/[0-9]{1,3}$";
 /// binary suffix.
 const QUANTITY: &str = "^[0-9]+(\\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$";
 
-/// `plugin`: any JSON object with a `type`; the apiserver keeps its fields as they are.
+/// `plugin`: a plugin object with a `type`, or a list of them (a chain). A structural schema
+/// cannot say "object or array", so the apiserver keeps the value as it is and the agent
+/// checks it (naming `spec.plugin`).
 fn delegate_config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
-        "type": "object",
-        "required": ["type"],
-        "properties": {"type": {"type": "string", "minLength": 1}},
+        "description": "The delegate CNI plugin: an object with `type` and the plugin's own fields, or a list of such objects run as a chain (each gets the previous one's result).",
         "x-kubernetes-preserve-unknown-fields": true
     })
 }

@@ -23,15 +23,20 @@ impl CniHandler {
             }
             let invocation = self.invocation(record, &attachment.ifname);
             let prev = (!attachment.result.is_null()).then_some(&attachment.result);
-            match delegate::del(&attachment.plugin, &invocation, &attachment.config, prev) {
-                Ok(()) => {}
-                // A delegate whose ADD failed may refuse DEL for the same reason (macvlan with
-                // a missing master fails both). It was asked to clean up once; retrying it
-                // forever would keep the pod's other attachments, and the pod, from going.
-                Err(e) if prev.is_none() => {
-                    warn!(container = %record.container_id, attachment = %label, error = %e, "DEL of an attachment whose ADD failed also failed; moving on");
+            // A chain is deleted in reverse, every plugin with the chain's result (CNI spec,
+            // "Network Configuration Lists": DEL).
+            for (plugin, config) in attachment.plugins().rev() {
+                match delegate::del(plugin, &invocation, config, prev) {
+                    Ok(()) => {}
+                    // A delegate whose ADD failed may refuse DEL for the same reason (macvlan
+                    // with a missing master fails both). It was asked to clean up once;
+                    // retrying it forever would keep the pod's other attachments, and the pod,
+                    // from going.
+                    Err(e) if prev.is_none() => {
+                        warn!(container = %record.container_id, attachment = %label, error = %e, "DEL of an attachment whose ADD failed also failed; moving on");
+                    }
+                    Err(e) => return Err(delegate_error(&label, e)),
                 }
-                Err(e) => return Err(delegate_error(&label, e)),
             }
             if let Some(id) = attachment.endpoint {
                 agent
@@ -110,12 +115,12 @@ impl CniHandler {
                     self.prepare(env, conf, &planned, &runtime_ifname, None)
                         .map_err(|e| e.msg)
                 });
-            let (plugin, config) = match prepared {
-                Ok(prepared) => (prepared.plugin, prepared.config),
+            let (plugin, config, chain) = match prepared {
+                Ok(prepared) => (prepared.plugin, prepared.config, prepared.chain),
                 Err(e) => {
                     // Without a delegate the address cannot be released; the endpoint still is.
                     warn!(container = %container_id, endpoint = endpoint.id, error = %e, "no delegate for the DEL of an uncached attachment");
-                    (PathBuf::new(), Value::Null)
+                    (PathBuf::new(), Value::Null, Vec::new())
                 }
             };
             record.attachments.push(CachedAttachment {
@@ -126,6 +131,7 @@ impl CniHandler {
                 result: Value::Null,
                 endpoint: Some(endpoint.id),
                 bandwidth: endpoint.request.bandwidth,
+                chain,
             });
         }
         Some(record)
@@ -182,13 +188,10 @@ impl CniHandler {
                 return Err(failed("its ADD never completed".to_owned()));
             }
             let invocation = self.invocation(&record, &attachment.ifname);
-            delegate::check(
-                &attachment.plugin,
-                &invocation,
-                &attachment.config,
-                &attachment.result,
-            )
-            .map_err(|e| delegate_error(&label, e))?;
+            for (plugin, config) in attachment.plugins() {
+                delegate::check(plugin, &invocation, config, &attachment.result)
+                    .map_err(|e| delegate_error(&label, e))?;
+            }
             let Some(id) = attachment.endpoint else {
                 return Err(failed("is not registered as a genie endpoint".to_owned()));
             };

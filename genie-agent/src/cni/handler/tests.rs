@@ -166,7 +166,49 @@ esac
             std::fs::write(&path, &script).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        // A plugin for the end of a chain: logs each call with the configuration it got and
+        // passes its prevResult on with an extra DNS entry (what `tuning` or `portmap` do:
+        // act on the interface, return the result).
+        let chained = format!(
+            r#"#!/usr/bin/env python3
+import json, os, sys
+conf = json.load(sys.stdin)
+cmd = os.environ["CNI_COMMAND"]
+if cmd == "VERSION":
+    print(json.dumps({{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}}))
+    sys.exit(0)
+live = os.path.exists("{live}/" + os.environ["CNI_CONTAINERID"] + "-" + os.environ["CNI_IFNAME"])
+with open("{log}", "a") as log:
+    log.write(json.dumps({{"cmd": cmd, "conf": conf, "live": live}}) + "\n")
+if cmd == "ADD":
+    out = dict(conf["prevResult"])
+    out["dns"] = {{"nameservers": ["198.18.0.53"]}}
+    print(json.dumps(out))
+"#,
+            log = dir.join("chain.log").display(),
+            live = dir.join("live").display()
+        );
+        let path = dir.join("bin").join("chained");
+        std::fs::write(&path, chained).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir }
+    }
+
+    /// The chained plugin's calls: (command, configuration, whether the first plugin's
+    /// interface existed then).
+    fn chain_log(&self) -> Vec<(String, Value, bool)> {
+        std::fs::read_to_string(self.dir.join("chain.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["cmd"].as_str().unwrap().to_owned(),
+                    v["conf"].clone(),
+                    v["live"].as_bool().unwrap(),
+                )
+            })
+            .collect()
     }
 
     fn handler(&self) -> CniHandler {
@@ -451,4 +493,79 @@ fn check_reports_each_breakage() {
     let e = check(&agent, "c1").unwrap_err();
     assert_eq!(e.code, code::CHECK_FAILED);
     assert!(e.msg.contains("not registered"), "{e:?}");
+}
+
+#[test]
+fn a_chain_passes_each_result_on_and_is_deleted_in_reverse() {
+    let scratch = Scratch::new("chain");
+    let handler = scratch.handler();
+    let mut plan = vec![
+        attachment("default", "eth0", "fake"),
+        attachment("red-a", "net1", "fake"),
+    ];
+    // A logical network whose plugin is a list (macvlan + tuning style).
+    plan[1].plugin = Some(json!([{"type": "fake"}, {"type": "chained", "sysctl": {"x": "1"}}]));
+    let agent = Fake {
+        plan,
+        ..Fake::default()
+    };
+    // The runtime's interface: a primary embedded as a list whose second plugin declares
+    // portMappings, the way kindnet's ptp + portmap is.
+    let conf = conf(json!({
+        "defaultNetwork": {"name": "kindnet", "cniVersion": "0.3.1", "plugins": [
+            {"type": "fake"},
+            {"type": "chained", "capabilities": {"portMappings": true}}
+        ]},
+        "runtimeConfig": {
+            "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+            "bandwidth": {"ingressRate": 1000000}
+        }
+    }));
+    let out = handler
+        .handle(&agent, &scratch.env(Command::Add, "c1"), &conf)
+        .unwrap()
+        .unwrap();
+    // The runtime gets the chain's last result.
+    assert_eq!(out["dns"]["nameservers"][0], "198.18.0.53", "{out}");
+    let log = scratch.chain_log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let (primary, secondary) = (&log[0].1, &log[1].1);
+    assert!(
+        log[0].2 && log[1].2,
+        "the first plugin ran before the chained one"
+    );
+    assert_eq!(
+        primary["name"], "kindnet",
+        "the embedded list keeps its name"
+    );
+    assert_eq!(primary["prevResult"]["ips"][0]["address"], "198.18.1.5/24");
+    assert_eq!(
+        primary["runtimeConfig"],
+        json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}),
+        "only the declared capability reaches the plugin"
+    );
+    assert!(
+        secondary.get("runtimeConfig").is_none(),
+        "nothing for a secondary interface"
+    );
+    assert_eq!(secondary["sysctl"]["x"], "1");
+    // The chain speaks the newest version every plugin of it does.
+    assert_eq!(primary["cniVersion"], "1.0.0");
+    // The cached result is the chain's: CHECK and DEL get it as prevResult.
+    handler
+        .handle(&agent, &scratch.env(Command::Check, "c1"), &conf)
+        .unwrap();
+    handler
+        .handle(&agent, &scratch.env(Command::Del, "c1"), &conf)
+        .unwrap();
+    let log = scratch.chain_log();
+    let commands: Vec<&str> = log.iter().map(|(c, ..)| c.as_str()).collect();
+    assert_eq!(commands, ["ADD", "ADD", "CHECK", "CHECK", "DEL", "DEL"]);
+    for (_, conf, _) in &log[2..] {
+        assert_eq!(conf["prevResult"]["dns"]["nameservers"][0], "198.18.0.53");
+    }
+    // DEL in reverse: the chained plugin runs while the first plugin's interface still
+    // exists (its DEL comes after), then everything is gone.
+    assert!(log[4..].iter().all(|(_, _, live)| *live), "{log:?}");
+    assert_nothing_left(&scratch, &handler, &agent, "c1");
 }
