@@ -107,6 +107,8 @@ struct State {
     up: bool,
     /// Requests served, by method and path (for tests that check what the agent did).
     requests: Vec<String>,
+    /// Resources whose watch events are held back (a watch that is slow to deliver).
+    held: std::collections::BTreeSet<Resource>,
 }
 
 #[derive(Debug)]
@@ -257,6 +259,20 @@ impl ApiServer {
             .objects
             .get(&(resource, namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// Holds back (or releases) the watch events of `kind`: lists and GETs still see every
+    /// object, watches deliver nothing of it until released.
+    pub fn hold_watches(&self, kind: &str, held: bool) {
+        let resource = Resource::of_kind(kind).expect("a kind the stand-in serves");
+        let mut s = self.shared.state.lock().expect("state");
+        if held {
+            s.held.insert(resource);
+        } else {
+            s.held.remove(&resource);
+        }
+        drop(s);
+        self.shared.changed.notify_all();
     }
 
     /// Ends every open watch stream (clients reconnect and resume).
@@ -455,6 +471,27 @@ fn handle(shared: &Shared, stream: TcpStream) -> Result<()> {
                 drop(s);
                 respond(&mut stream, "200 OK", &body)?;
             }
+            ("GET", None) => {
+                // One pod by name (the agent's GET of a pod its watch has not delivered).
+                let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+                let found = match segments.as_slice() {
+                    ["api", "v1", "namespaces", ns, "pods", name] => {
+                        let s = shared.state.lock().expect("state");
+                        s.objects
+                            .get(&(Resource::Pods, (*ns).to_owned(), (*name).to_owned()))
+                            .cloned()
+                    }
+                    _ => None,
+                };
+                match found {
+                    Some(object) => respond(&mut stream, "200 OK", &object)?,
+                    None => respond(
+                        &mut stream,
+                        "404 Not Found",
+                        &status_error(404, "NotFound", "no such object"),
+                    )?,
+                }
+            }
             ("PATCH", _) => {
                 let (status, body) = patch(shared, &request);
                 respond(&mut stream, status, &body)?;
@@ -623,10 +660,11 @@ fn watch(
     let mut sent = from;
     let mut last_bookmark = Instant::now();
     loop {
+        let holding = s.held.contains(&resource);
         let pending: Vec<(u64, Value)> = s
             .history
             .iter()
-            .filter(|(v, r, _, _)| *r == resource && *v > sent)
+            .filter(|(v, r, _, _)| !holding && *r == resource && *v > sent)
             .map(|(v, _, t, o)| (*v, json!({"type": t, "object": o})))
             .collect();
         let current = s.version;
@@ -635,7 +673,8 @@ fn watch(
             send(stream, &event)?;
             sent = version;
         }
-        if bookmarks && last_bookmark.elapsed() > Duration::from_secs(1) {
+        // A bookmark would move the watch past the held events: none while holding.
+        if bookmarks && !holding && last_bookmark.elapsed() > Duration::from_secs(1) {
             let mark = json!({"type": "BOOKMARK", "object": {
                 "apiVersion": resource.api_version(), "kind": resource.kind(),
                 "metadata": {"resourceVersion": current.to_string()}}});

@@ -71,6 +71,29 @@ spec:
     - {type: macvlan, master: up0, mode: bridge}
     - {type: tuning, sysctl: {net.ipv4.conf.eth2.arp_announce: "2"}}
 ---
+apiVersion: genie.dev/v1alpha1
+kind: LogicalNetwork
+metadata: {name: red-s}
+spec:
+  tenant: red
+  subnet: 198.18.14.0/24
+  # Its own IPAM and no `ips` capability: requested addresses cannot be honoured.
+  plugin: {type: bridge, bridge: gbr-s, ipam: {type: host-local, ranges: [[{subnet: 198.18.14.0/24}]]}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fixed
+  namespace: red
+  annotations: {k8s.v1.cni.cncf.io/networks: '[{"name": "red-a", "interface": "eth1", "ips": ["198.18.10.77/24"]}]'}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fixed-refused
+  namespace: red
+  annotations: {k8s.v1.cni.cncf.io/networks: '[{"name": "red-s", "interface": "eth1", "ips": ["198.18.14.77/24"]}]'}
+---
 apiVersion: v1
 kind: Pod
 metadata:
@@ -904,4 +927,51 @@ fn genie_follows_the_primary_cni_configuration() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("10-kindnet.conflist")]);
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces and runs the agent and real plugins; run `cargo xtask test`"]
+fn npwg_ips_are_the_pods_or_the_add_is_refused() {
+    let n = CniNode::new();
+    let before = n.footprint();
+    let ns = n.pod_netns("fixed");
+    n.runtime
+        .call("ADD", &sandbox("f1xed001", "red", "fixed", &ns))
+        .unwrap()
+        .expect_ok("ADD fixed");
+    // host-local gave exactly the requested address, and the anti-spoofing record is it.
+    let status = n.network_status("fixed");
+    assert_eq!(
+        ipv4_of(&status["eth1"]),
+        "198.18.10.77".parse::<Ipv4Addr>().unwrap()
+    );
+    let endpoints = n.node.call(&genie_agent::api::Request::Endpoints).unwrap();
+    let eth1 = endpoints
+        .endpoints
+        .unwrap()
+        .into_iter()
+        .find(|e| e.request.pod == "fixed" && e.request.interface == "eth1")
+        .unwrap();
+    assert_eq!(
+        eth1.request.ips,
+        ["198.18.10.77".parse::<std::net::IpAddr>().unwrap()]
+    );
+    n.runtime
+        .call("DEL", &sandbox("f1xed001", "red", "fixed", &ns))
+        .unwrap()
+        .expect_ok("DEL fixed");
+    assert_eq!(n.footprint(), before);
+
+    // The network's plugin declares no `ips`: refused with its own code, nothing created.
+    let ns = n.pod_netns("fixed-refused");
+    let outcome = n
+        .runtime
+        .call("ADD", &sandbox("f1xed002", "red", "fixed-refused", &ns))
+        .unwrap();
+    assert_eq!(outcome.error_code(), Some(106), "{}", outcome.raw);
+    assert!(outcome.raw.contains("red-s"), "{}", outcome.raw);
+    assert_eq!(n.footprint(), before);
+    let mut links = link_names(&ns);
+    links.retain(|l| l != "lo");
+    assert!(links.is_empty(), "{links:?}");
 }

@@ -609,3 +609,54 @@ fn remote_identities_come_only_from_what_genie_publishes() {
     });
     assert_rbac_covers(&api);
 }
+
+#[test]
+#[ignore = "privileged: creates namespaces, loads eBPF and runs agents; run `cargo xtask test`"]
+fn a_pod_the_watch_has_not_delivered_is_fetched_before_add_answers() {
+    let api = standin();
+    // A network with a delegate of its own, for the pod to ask for.
+    api.put_yaml(
+        "apiVersion: genie.dev/v1alpha1\nkind: LogicalNetwork\nmetadata: {name: red-c}\nspec: {tenant: red, subnet: 198.18.5.0/24, plugin: {type: bridge, bridge: gbr-c}}\n",
+    )
+    .unwrap();
+    let mut n1 = ClusterNode::new(&api, "n1", "198.18.20.0/24");
+    wait_until("the agent enforcing red-c", || {
+        inspect(&n1.node, "networks")
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["network"] == "red-c"))
+    });
+    // kubelet runs ADD as soon as the pod is bound; the pod watch is slow to tell the agent.
+    api.hold_watches("Pod", true);
+    api.put(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "early", "namespace": "red",
+                     "annotations": {"genie.dev/networks": "red-c"}},
+        "spec": {"nodeName": "n1", "containers": []}}))
+        .unwrap();
+    let netns =
+        genie_tests::topology::Netns::create(format!("{}-early", n1.node.topo.base()), false)
+            .unwrap();
+    let sandbox = genie_tests::cni::Sandbox::new("n1early", "red", "early", &netns.path());
+    let outcome = n1.runtime.call("ADD", &sandbox).unwrap();
+    assert_eq!(
+        outcome.exit_code, 0,
+        "the first ADD must not answer 11: {}",
+        outcome.raw
+    );
+    // It got the network its annotation asks for, read from the one GET.
+    let mut links = genie_tests::cni::link_names(&netns);
+    links.retain(|l| l != "lo");
+    assert_eq!(links, ["eth0", "eth1"]);
+    let gets = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/namespaces/red/pods/early"))
+        .count();
+    assert_eq!(gets, 1, "{:?}", api.requests());
+    api.hold_watches("Pod", false);
+    n1.runtime
+        .call("DEL", &sandbox)
+        .unwrap()
+        .expect_ok("DEL early");
+    n1.pods.push(netns);
+    assert_rbac_covers(&api);
+}

@@ -29,8 +29,15 @@ impl Agent {
         namespace: &str,
         pod: &str,
         container: &str,
+        fetched: Option<&crate::model::PodManifest>,
     ) -> Result<Vec<PlannedAttachment>, CniError> {
-        let plan = plan::plan(self.plan_model()?, namespace, pod, self.kube().is_some())?;
+        let plan = plan::plan(
+            self.plan_model()?,
+            namespace,
+            pod,
+            self.kube().is_some(),
+            fetched,
+        )?;
         self.reserve_quota(namespace, container, plan.len())
             .map_err(|usage| {
                 CniError::new(
@@ -95,7 +102,17 @@ impl Backend for Mutex<Agent> {
         pod: &str,
         container: &str,
     ) -> Result<Vec<PlannedAttachment>, CniError> {
-        lock(self).cni_plan(namespace, pod, container)
+        // A pod the watch has not delivered is fetched once, without holding the agent.
+        let unseen = {
+            let agent = lock(self);
+            let known = agent
+                .model
+                .as_ref()
+                .is_some_and(|m| m.pods.contains_key(&(namespace.to_owned(), pod.to_owned())));
+            (!known).then(|| agent.kube_handle()).flatten()
+        };
+        let fetched = unseen.and_then(|kube| kube.fetch_pod(namespace, pod));
+        lock(self).cni_plan(namespace, pod, container, fetched.as_ref())
     }
 
     fn release_reservation(&self, container: &str) {

@@ -151,7 +151,7 @@ pub struct Agent {
     node: Option<NodeInfo>,
     metrics: AgentMetrics,
     /// The Kubernetes source, when objects come from the API.
-    kube: Option<KubeSource>,
+    kube: Option<std::sync::Arc<KubeSource>>,
     /// What the cluster knows beyond the objects (Kubernetes source).
     cluster: ClusterSnapshot,
     /// The last acceptance's verdict on each object (kept in the state directory).
@@ -189,11 +189,11 @@ impl Agent {
     /// With an invalid configuration the pinned maps are left exactly as they are.
     pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let kube = match &config.kube {
-            Some(k) => Some(KubeSource::start(
+            Some(k) => Some(std::sync::Arc::new(KubeSource::start(
                 k.kubeconfig.clone(),
                 k.node_name.clone(),
                 k.dns_service.clone(),
-            )?),
+            )?)),
             None => None,
         };
         let dataplane = Dataplane::load(&config.bpffs)?;
@@ -355,9 +355,14 @@ impl Agent {
         Ok(stats)
     }
 
+    /// The Kubernetes source, to use without the agent's lock.
+    pub fn kube_handle(&self) -> Option<std::sync::Arc<KubeSource>> {
+        self.kube.clone()
+    }
+
     /// The Kubernetes source, when objects come from the API.
     pub fn kube(&self) -> Option<&KubeSource> {
-        self.kube.as_ref()
+        self.kube.as_deref()
     }
 
     /// Reconciles from scratch: re-reads the node's addresses and the maps themselves (which

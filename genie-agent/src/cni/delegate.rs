@@ -518,6 +518,11 @@ pub fn network_config(
             ipam["routes"] = json!([{ "dst": "0.0.0.0/0" }]);
         }
         config.insert("ipam".to_owned(), ipam);
+        // genie chose host-local, which takes requested addresses (`runtimeConfig.ips`).
+        let capabilities = config.entry("capabilities").or_insert_with(|| json!({}));
+        if let Some(c) = capabilities.as_object_mut() {
+            c.insert("ips".to_owned(), json!(true));
+        }
     } else if let Some(ipam) = config.get_mut("ipam").and_then(Value::as_object_mut)
         && ipam.get("type").and_then(Value::as_str) == Some("host-local")
         && !ipam.contains_key("dataDir")

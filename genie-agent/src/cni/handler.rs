@@ -341,6 +341,7 @@ impl CniHandler {
             delegate::add_runtime_config(&mut config, runtime_config);
             configs.push(config);
         }
+        honour_requests(&mut configs, planned, &label)?;
         let (Some(binary), Some(config)) = (binaries.first().cloned(), configs.first().cloned())
         else {
             return Err(delegate_error(
@@ -482,6 +483,49 @@ fn runtime_bandwidth(conf: &NetConf) -> Result<Option<BandwidthRequest>, CniErro
         ));
     }
     Ok(Some(bandwidth))
+}
+
+/// Passes an attachment's NPWG `ips` and `mac` to the plugins of its chain that declare those
+/// capabilities (CNI conventions: `runtimeConfig.ips`, `runtimeConfig.mac`); a request no
+/// plugin declares is refused with its own code before anything is created, never dropped.
+fn honour_requests(
+    configs: &mut [Value],
+    planned: &PlannedAttachment,
+    label: &str,
+) -> Result<(), CniError> {
+    let mut requests = Vec::new();
+    if !planned.ips.is_empty() {
+        requests.push(("ips", serde_json::json!(planned.ips)));
+    }
+    if let Some(mac) = &planned.mac {
+        requests.push(("mac", serde_json::json!(mac)));
+    }
+    for (capability, value) in requests {
+        let mut honoured = false;
+        for config in configs.iter_mut() {
+            let declares = config
+                .pointer(&format!("/capabilities/{capability}"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            if declares && let Some(object) = config.as_object_mut() {
+                let runtime = object
+                    .entry("runtimeConfig")
+                    .or_insert_with(|| serde_json::json!({}));
+                runtime[capability] = value.clone();
+                honoured = true;
+            }
+        }
+        if !honoured {
+            return Err(CniError::new(
+                code::UNSUPPORTED_REQUEST,
+                format!(
+                    "{label}: the attachment asks for `{capability}` {value}, but no plugin of the network declares the `{capability}` capability"
+                ),
+                capability,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn attachment_label(attachment: &CachedAttachment) -> String {

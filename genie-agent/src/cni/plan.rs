@@ -10,7 +10,7 @@ use super::{
     annotations::{self, BandwidthRequest, DEFAULT_INTERFACE},
     spec::{CniError, code},
 };
-use crate::model::{DEFAULT_NETWORK, Model, quantity::parse_quantity};
+use crate::model::{DEFAULT_NETWORK, Model, PodManifest, quantity::parse_quantity};
 
 /// One interface ADD will create.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +27,12 @@ pub struct PlannedAttachment {
     /// The interface's own bandwidth: the attachment's (NPWG `bandwidth`) or, for the
     /// default interface, the pod's `kubernetes.io/*-bandwidth` annotations.
     pub bandwidth: Option<BandwidthRequest>,
+    /// Addresses the attachment asks for (NPWG `ips`), passed to the plugins that declare the
+    /// `ips` capability.
+    pub ips: Vec<String>,
+    /// The MAC the attachment asks for (NPWG `mac`), passed to the plugins that declare the
+    /// `mac` capability.
+    pub mac: Option<String>,
 }
 
 /// The standard pod bandwidth annotations (Kubernetes quantities in bits/s), which apply to the
@@ -67,15 +73,20 @@ fn annotated_bandwidth(
 
 /// The attachments of pod `namespace/pod` under `model`, or the error that refuses its ADD.
 /// In file mode a pod the configuration does not mention gets the default network only; with
-/// the Kubernetes source (`pods_from_api`) an unseen pod is "try again later".
+/// the Kubernetes source (`pods_from_api`) a pod neither the watch delivered nor one GET
+/// found (`fetched`) is "try again later".
 pub fn plan(
     model: &Model,
     namespace: &str,
     pod: &str,
     pods_from_api: bool,
+    fetched: Option<&PodManifest>,
 ) -> Result<Vec<PlannedAttachment>, CniError> {
     let pod_name = format!("{namespace}/{pod}");
-    let manifest = model.pods.get(&(namespace.to_owned(), pod.to_owned()));
+    let manifest = model
+        .pods
+        .get(&(namespace.to_owned(), pod.to_owned()))
+        .or(fetched);
     if manifest.is_none() && pods_from_api {
         // The pod exists (kubelet is creating it) but the pod watch has not delivered it
         // yet: its annotation is unknown, so attaching only the default network could
@@ -113,6 +124,8 @@ pub fn plan(
                 plugin: None,
                 subnets: Vec::new(),
                 bandwidth: default_bandwidth,
+                ips: attachment.ips.iter().map(|ip| host_cidr(*ip)).collect(),
+                mac: attachment.mac.clone(),
             });
             continue;
         }
@@ -152,6 +165,8 @@ pub fn plan(
                 } else {
                     None
                 }),
+            ips: requested_ips(&attachment, &network.subnets, &pod_name)?,
+            mac: attachment.mac.clone(),
             network: attachment.network,
             interface: attachment.interface,
             plugin: network.plugin.clone(),
@@ -176,6 +191,8 @@ pub fn network_delegate(
             plugin: None,
             subnets: Vec::new(),
             bandwidth: None,
+            ips: Vec::new(),
+            mac: None,
         });
     }
     let net = model.logical.get(network)?;
@@ -185,5 +202,41 @@ pub fn network_delegate(
         plugin: net.plugin.clone(),
         subnets: net.subnets.clone(),
         bandwidth: None,
+        ips: Vec::new(),
+        mac: None,
     })
+}
+
+/// An address as a one-address CIDR (the default network's subnets are the primary's own).
+fn host_cidr(ip: std::net::IpAddr) -> String {
+    format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })
+}
+
+/// The NPWG `ips` of an attachment in CIDR form with their network's prefix; an address
+/// outside the network's subnets is refused (it could never be the pod's on that network).
+fn requested_ips(
+    attachment: &crate::model::annotations::Attachment,
+    subnets: &[IpNet],
+    pod_name: &str,
+) -> Result<Vec<String>, CniError> {
+    attachment
+        .ips
+        .iter()
+        .map(|ip| {
+            subnets
+                .iter()
+                .find(|s| s.contains(ip))
+                .map(|s| format!("{ip}/{}", s.prefix_len()))
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::BAD_ANNOTATION,
+                        format!(
+                            "pod {pod_name} asks for address {ip} on network {:?} (interface {}), outside its subnets",
+                            attachment.network, attachment.interface
+                        ),
+                        crate::model::annotations::NPWG_NETWORKS,
+                    )
+                })
+        })
+        .collect()
 }

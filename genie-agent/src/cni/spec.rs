@@ -33,6 +33,9 @@ pub mod code {
     pub const REPEATED_INTERFACE: u32 = 104;
     /// ADD for a container that already has attachments (DEL it first).
     pub const ALREADY_ATTACHED: u32 = 105;
+    /// An attachment asks for what its network's plugins cannot honour (NPWG `ips` or `mac`
+    /// without a plugin declaring that capability).
+    pub const UNSUPPORTED_REQUEST: u32 = 106;
     /// A delegate plugin failed without a CNI error of its own.
     pub const DELEGATE_FAILED: u32 = 110;
     /// genie could not put an interface under its programs.

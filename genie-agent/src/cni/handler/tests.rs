@@ -191,6 +191,20 @@ if cmd == "ADD":
         let path = dir.join("bin").join("chained");
         std::fs::write(&path, chained).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A first plugin that records the configuration it got (`requests.log`) and otherwise
+        // behaves as `fake`.
+        let recorder = format!(
+            r#"#!/bin/sh
+conf=$(cat)
+if [ "$CNI_COMMAND" = ADD ]; then printf '%s\n' "$conf" >> "{requests}"; fi
+printf '%s' "$conf" | exec "{fake}"
+"#,
+            requests = dir.join("requests.log").display(),
+            fake = dir.join("bin/fake").display()
+        );
+        let path = dir.join("bin").join("recorder");
+        std::fs::write(&path, recorder).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir }
     }
 
@@ -268,6 +282,8 @@ fn attachment(network: &str, interface: &str, plugin: &str) -> PlannedAttachment
         plugin: (network != "default").then(|| json!({"type": plugin})),
         subnets: vec!["198.18.1.0/24".parse().unwrap()],
         bandwidth: None,
+        ips: Vec::new(),
+        mac: None,
     }
 }
 
@@ -568,4 +584,56 @@ fn a_chain_passes_each_result_on_and_is_deleted_in_reverse() {
     // exists (its DEL comes after), then everything is gone.
     assert!(log[4..].iter().all(|(_, _, live)| *live), "{log:?}");
     assert_nothing_left(&scratch, &handler, &agent, "c1");
+}
+
+#[test]
+fn npwg_ips_and_mac_reach_the_plugins_that_declare_them_or_refuse_the_add() {
+    let scratch = Scratch::new("requests");
+    let handler = scratch.handler();
+    let mut plan = vec![
+        attachment("default", "eth0", "fake"),
+        attachment("red-a", "net1", "recorder"),
+    ];
+    plan[1].ips = vec!["198.18.1.40/24".to_owned()];
+    plan[1].mac = Some("02:00:00:00:00:05".to_owned());
+    // Declares `mac`; `ips` comes through the host-local IPAM genie derives.
+    plan[1].plugin = Some(json!({"type": "recorder", "capabilities": {"mac": true}}));
+    let agent = Fake {
+        plan: plan.clone(),
+        ..Fake::default()
+    };
+    handler
+        .handle(&agent, &scratch.env(Command::Add, "c1"), &conf(json!({})))
+        .unwrap();
+    let got: Value = serde_json::from_str(
+        std::fs::read_to_string(scratch.dir.join("requests.log"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        got["runtimeConfig"],
+        json!({"ips": ["198.18.1.40/24"], "mac": "02:00:00:00:00:05"}),
+        "{got}"
+    );
+    handler
+        .handle(&agent, &scratch.env(Command::Del, "c1"), &conf(json!({})))
+        .unwrap();
+
+    // A plugin with its own IPAM that declares nothing: the request is refused, nothing made.
+    let mut refused = plan;
+    refused[1].plugin = Some(json!({"type": "recorder", "ipam": {"type": "static"}}));
+    let agent = Fake {
+        plan: refused,
+        ..Fake::default()
+    };
+    let e = handler
+        .handle(&agent, &scratch.env(Command::Add, "c2"), &conf(json!({})))
+        .unwrap_err();
+    assert_eq!(e.code, code::UNSUPPORTED_REQUEST, "{e:?}");
+    assert!(e.msg.contains("red-a") && e.msg.contains("`ips`"), "{e:?}");
+    assert_nothing_left(&scratch, &handler, &agent, "c2");
+    assert_eq!(agent.state().registrations, 0);
 }

@@ -4,6 +4,40 @@
 use super::*;
 
 impl KubeSource {
+    /// One GET of a pod the pod watch has not delivered yet (kubelet runs CNI ADD as soon as
+    /// the pod is bound, which can be before the watch event arrives). `None` when it does not
+    /// exist or the API does not answer within two seconds; its manifest otherwise.
+    pub fn fetch_pod(&self, namespace: &str, name: &str) -> Option<crate::model::PodManifest> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let fetched = self.runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(2), api.get_opt(name)).await
+        });
+        let pod = match fetched {
+            Ok(Ok(Some(pod))) => pod,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::warn!(namespace, pod = name, error = %e, "fetching a pod the watch has not delivered failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    namespace,
+                    pod = name,
+                    "fetching a pod the watch has not delivered timed out"
+                );
+                return None;
+            }
+        };
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        Some(crate::model::PodManifest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            attachments: crate::model::annotations::attachments(&annotations, namespace),
+            annotations,
+            file: std::path::PathBuf::from(format!("kube:Pod/{namespace}/{name}")),
+        })
+    }
+
     /// The cluster as the agent consumes it.
     pub fn snapshot(&self) -> ClusterSnapshot {
         let s = self.stores.lock().unwrap_or_else(|p| p.into_inner());
