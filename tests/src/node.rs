@@ -87,6 +87,22 @@ impl TestNode {
     }
 
     /// An environment variable for `genie agent` (e.g. `RUST_LOG`).
+    /// The agent reads the objects from `api` (`--source kube`) as node `node_name`.
+    pub fn with_kube_source(self, api: &crate::apiserver::ApiServer, node_name: &str) -> Self {
+        let kubeconfig = self.dir().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig)
+            .expect("writing the stand-in's kubeconfig");
+        let kubeconfig = kubeconfig.display().to_string();
+        self.with_agent_args(&[
+            "--source",
+            "kube",
+            "--kubeconfig",
+            &kubeconfig,
+            "--node-name",
+            node_name,
+        ])
+    }
+
     pub fn with_agent_env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.to_owned(), value.to_owned()));
         self

@@ -78,17 +78,7 @@ fn node(kube: Option<(&ApiServer, &str)>, extra_args: &[&str]) -> TestNode {
     topo.add_pod_on("d", 1).unwrap();
     let mut node = TestNode::new(topo, &objects()).unwrap();
     if let Some((api, name)) = kube {
-        let kubeconfig = node.dir().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
-        let kubeconfig = kubeconfig.display().to_string();
-        node = node.with_agent_args(&[
-            "--source",
-            "kube",
-            "--kubeconfig",
-            &kubeconfig,
-            "--node-name",
-            name,
-        ]);
+        node = node.with_kube_source(api, name);
     } else {
         node = node.with_agent_args(extra_args);
     }
@@ -316,17 +306,7 @@ impl ClusterNode {
     fn new(api: &ApiServer, name: &'static str, subnet: &str) -> Self {
         let topo = Topology::new().unwrap();
         let node = TestNode::new(topo, "").unwrap();
-        let kubeconfig = node.dir().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
-        let kubeconfig = kubeconfig.display().to_string();
-        let node = node.with_agent_args(&[
-            "--source",
-            "kube",
-            "--kubeconfig",
-            &kubeconfig,
-            "--node-name",
-            name,
-        ]);
+        let node = node.with_kube_source(api, name);
         node.spawn_agent().unwrap();
         let runtime =
             genie_tests::cni::Runtime::new(&node, genie_tests::cni::default_network(subnet));

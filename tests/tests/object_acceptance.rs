@@ -77,17 +77,7 @@ fn node(api: Option<&ApiServer>) -> TestNode {
     }
     let mut node = TestNode::new(topo, &objects(false, C_VALID)).unwrap();
     if let Some(api) = api {
-        let kubeconfig = node.dir().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
-        let kubeconfig = kubeconfig.display().to_string();
-        node = node.with_agent_args(&[
-            "--source",
-            "kube",
-            "--kubeconfig",
-            &kubeconfig,
-            "--node-name",
-            "n1",
-        ]);
+        node = node.with_kube_source(api, "n1");
     }
     node.spawn_agent().unwrap();
     for (label, ns, net) in [

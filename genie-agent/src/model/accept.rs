@@ -372,7 +372,7 @@ fn decide(
             if chosen.is_none() && kind == Kind::LogicalNetwork {
                 model
                     .refused
-                    .insert(entry.name.clone(), problem_line(&problems));
+                    .insert(entry.name.clone(), verdict::problems_text(&problems));
             }
             if let Some(more) = duplicates.remove(&(kind, entry.name.clone())) {
                 problems.splice(0..0, more);
@@ -404,20 +404,6 @@ fn decide(
         verdicts,
         problems,
     }
-}
-
-fn problem_line(problems: &[ConfigError]) -> String {
-    problems
-        .iter()
-        .map(|e| {
-            if e.field.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{}: {}", e.field, e.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Tenants whose networks used each physical network in the last valid versions (a physical

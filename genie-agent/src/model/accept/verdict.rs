@@ -42,18 +42,23 @@ impl Verdict {
 
     /// The problems as one line each (`field: message`).
     pub fn problem_text(&self) -> String {
-        self.problems
-            .iter()
-            .map(|e| {
-                if e.field.is_empty() {
-                    e.message.clone()
-                } else {
-                    format!("{}: {}", e.field, e.message)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
+        problems_text(&self.problems)
     }
+}
+
+/// Problems as one line (`field: message; …`), for conditions, logs and CNI errors.
+pub fn problems_text(problems: &[ConfigError]) -> String {
+    problems
+        .iter()
+        .map(|e| {
+            if e.field.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.field, e.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The outcome of one acceptance.
