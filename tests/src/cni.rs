@@ -218,6 +218,27 @@ pub fn default_network(subnet: &str) -> Value {
     })
 }
 
+/// kind's primary as kindnet writes it (`10-kindnet.conflist`): ptp, then portmap.
+pub fn kindnet_primary(subnet: &str) -> Value {
+    json!({
+        "cniVersion": "0.3.1",
+        "name": "kindnet",
+        "plugins": [
+            {
+                "type": "ptp",
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}]
+                },
+                "mtu": 1500
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
 /// `genie inspect attachments --json` on `node`: every container's network status.
 pub fn attachments(node: &TestNode) -> Result<Value> {
     let out = Command::new(genie_binary())

@@ -10,7 +10,7 @@ use genie_tests::{
     TestNode, Topology,
     cni::{
         Footprint, Runtime, Sandbox, add_uplink, default_network, footprint, invoke_raw,
-        link_names, network_status,
+        kindnet_primary, link_names, network_status,
     },
     topology::Netns,
     traffic::{NodeAt, iperf3, ping, tcp_echo},
@@ -723,27 +723,6 @@ fn the_runtimes_bandwidth_capability_limits_the_default_interface() {
         .expect_ok("DEL");
 }
 
-/// kind's primary as kindnet writes it (`10-kindnet.conflist`): ptp, then portmap.
-fn kindnet(subnet: &str) -> Value {
-    json!({
-        "cniVersion": "0.3.1",
-        "name": "kindnet",
-        "plugins": [
-            {
-                "type": "ptp",
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet}]],
-                    "routes": [{"dst": "0.0.0.0/0"}]
-                },
-                "mtu": 1500
-            },
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
-}
-
 /// The node's NAT rules (where portmap writes its DNAT).
 fn nat_rules(node: &TestNode) -> String {
     String::from_utf8_lossy(
@@ -766,7 +745,7 @@ fn a_kindnet_primary_and_a_macvlan_tuning_network_run_as_whole_chains() {
     node.spawn_agent().unwrap();
     // What install-cni writes over kindnet: the list embedded whole, its capabilities
     // declared by genie-cni; kubelet passes the pod's hostPort.
-    let mut runtime = Runtime::new(&node, kindnet(DEFAULT_SUBNET));
+    let mut runtime = Runtime::new(&node, kindnet_primary(DEFAULT_SUBNET));
     runtime.config["capabilities"] = json!({"portMappings": true, "bandwidth": true});
     runtime.config["runtimeConfig"] = json!({
         "portMappings": [{"hostPort": 30080, "containerPort": 8080, "protocol": "tcp"}]
@@ -844,7 +823,7 @@ fn genie_follows_the_primary_cni_configuration() {
     let conf_dir = node.dir().join("net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();
     let primary = conf_dir.join("10-kindnet.conflist");
-    std::fs::write(&primary, kindnet(DEFAULT_SUBNET).to_string()).unwrap();
+    std::fs::write(&primary, kindnet_primary(DEFAULT_SUBNET).to_string()).unwrap();
     let conf_arg = conf_dir.display().to_string();
     let node = node.with_agent_args(&[
         "--cni-conf-dir",
@@ -860,7 +839,7 @@ fn genie_follows_the_primary_cni_configuration() {
         Some(conf["plugins"][0]["defaultNetwork"].clone())
     };
     node.wait_for("genie's configuration in front of kindnet", || {
-        embedded() == Some(kindnet(DEFAULT_SUBNET))
+        embedded() == Some(kindnet_primary(DEFAULT_SUBNET))
     })
     .unwrap();
 
@@ -901,7 +880,7 @@ fn genie_follows_the_primary_cni_configuration() {
     let runtime = Runtime::new(&node, default_network(DEFAULT_SUBNET));
     let outcome = runtime.call_plugin("STATUS", json!({})).unwrap();
     assert_eq!(outcome.error_code(), Some(50), "{outcome:?}");
-    std::fs::write(&primary, kindnet(DEFAULT_SUBNET).to_string()).unwrap();
+    std::fs::write(&primary, kindnet_primary(DEFAULT_SUBNET).to_string()).unwrap();
     node.wait_for("ready again with a primary", || status().ready)
         .unwrap();
     runtime

@@ -308,8 +308,10 @@ impl ClusterNode {
         let node = TestNode::new(topo, "").unwrap();
         let node = node.with_kube_source(api, name);
         node.spawn_agent().unwrap();
-        let runtime =
-            genie_tests::cni::Runtime::new(&node, genie_tests::cni::default_network(subnet));
+        // The primary as kind's kindnet writes it (ptp + portmap), as install-cni embeds it.
+        let mut runtime =
+            genie_tests::cni::Runtime::new(&node, genie_tests::cni::kindnet_primary(subnet));
+        runtime.config["capabilities"] = json!({"portMappings": true, "bandwidth": true});
         Self {
             node,
             runtime,
