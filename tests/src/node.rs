@@ -87,6 +87,24 @@ impl TestNode {
     }
 
     /// An environment variable for `genie agent` (e.g. `RUST_LOG`).
+    /// `genie inspect <what> --json` on this node's pins and state directory (the agent may be
+    /// up or down).
+    pub fn inspect_json(&self, what: &str) -> serde_json::Value {
+        let out = std::process::Command::new(genie_binary())
+            .args(["inspect", what, "--json", "--bpffs"])
+            .arg(self.bpffs())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()
+            .expect("running genie inspect");
+        assert!(
+            out.status.success(),
+            "inspect {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+    }
+
     /// The agent reads the objects from `api` (`--source kube`) as node `node_name`.
     pub fn with_kube_source(self, api: &crate::apiserver::ApiServer, node_name: &str) -> Self {
         let kubeconfig = self.dir().join("kubeconfig");

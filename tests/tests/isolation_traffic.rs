@@ -431,21 +431,7 @@ fn an_invalid_object_is_refused_alone_and_an_unreadable_file_blocks_nothing_enfo
 #[ignore = "privileged: loads eBPF and creates namespaces; run `cargo xtask test`"]
 fn inspect_names_what_is_enforced_with_the_agent_running_or_not() {
     let node = six_pods();
-    let inspect = |what: &str| {
-        let out = Command::new(genie_binary())
-            .args(["inspect", what, "--json", "--bpffs"])
-            .arg(node.bpffs())
-            .arg("--state-dir")
-            .arg(node.state_dir())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "inspect {what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let inspect = |what: &str| node.inspect_json(what).to_string();
     let endpoints = inspect("endpoints");
     let policy = inspect("policy");
     let limits = inspect("limits");

@@ -4,13 +4,12 @@
 //! version kept, and broken watches, expired versions and a 30 s outage changing no verdict while
 //! changes made meanwhile apply once the API returns.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use genie_tests::{
     TestNode, Topology,
     apiserver::{ApiServer, objects_from_yaml},
     fixtures::{TWO_TENANTS, two_tenants_and},
-    node::genie_binary,
     traffic::tcp_echo,
 };
 use serde_json::{Value, json};
@@ -91,15 +90,7 @@ fn node(kube: Option<(&ApiServer, &str)>, extra_args: &[&str]) -> TestNode {
 }
 
 fn inspect(node: &TestNode, what: &str) -> Value {
-    let out = Command::new(genie_binary())
-        .args(["inspect", what, "--json", "--bpffs"])
-        .arg(node.bpffs())
-        .arg("--state-dir")
-        .arg(node.state_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    node.inspect_json(what)
 }
 
 /// What is enforced, minus what differs between two topologies by construction (interface

@@ -2,7 +2,7 @@
 //! others, keeps its own last valid version in force (connections unbroken), and a newcomer
 //! never displaces what is in force — in file mode and through the Kubernetes API stand-in.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use genie_agent::{
     api::Request,
@@ -11,7 +11,6 @@ use genie_agent::{
 use genie_tests::{
     TestNode, Topology,
     apiserver::{ApiServer, objects_from_yaml},
-    node::genie_binary,
     traffic::{self, EchoConnection, Stream, tcp_echo},
 };
 use serde_json::{Value, json};
@@ -116,15 +115,10 @@ fn refused(node: &TestNode) -> Vec<Verdict> {
 }
 
 fn inspect_networks(node: &TestNode) -> Vec<Value> {
-    let out = Command::new(genie_binary())
-        .args(["inspect", "networks", "--json", "--bpffs"])
-        .arg(node.bpffs())
-        .arg("--state-dir")
-        .arg(node.state_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    node.inspect_json("networks")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn network_status(node: &TestNode, network: &str) -> String {

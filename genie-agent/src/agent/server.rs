@@ -71,6 +71,8 @@ pub fn serve(
             }
         })?,
     );
+    // Clones share the metrics: counted without taking the agent's lock.
+    let metrics = agent.metrics().clone();
     let agent = Arc::new(Mutex::new(agent));
     if let Some(address) = metrics_address {
         super::http::spawn(address, Arc::clone(&agent)).map_err(|source| AgentError::Runtime {
@@ -117,11 +119,12 @@ pub fn serve(
         match stream {
             Ok(stream) => {
                 let agent = Arc::clone(&agent);
+                let metrics = metrics.clone();
                 let cni = Arc::clone(&cni);
                 let in_flight = Arc::clone(&in_flight);
                 let _ = thread::Builder::new()
                     .name("api".to_owned())
-                    .spawn(move || handle_connection(&agent, &cni, &in_flight, stream));
+                    .spawn(move || handle_connection(&agent, &metrics, &cni, &in_flight, stream));
             }
             Err(e) => warn!(error = %e, "accepting an API connection failed"),
         }
@@ -281,6 +284,7 @@ fn bind_private(socket: &Path) -> Result<UnixListener, AgentError> {
 
 fn handle_connection(
     agent: &Mutex<Agent>,
+    metrics: &crate::metrics::AgentMetrics,
     cni: &CniHandler,
     in_flight: &AtomicUsize,
     stream: UnixStream,
@@ -301,11 +305,6 @@ fn handle_connection(
             Ok(Request::Cni { env, config }) => {
                 in_progress = Some(InFlight::enter(in_flight));
                 let outcome = cni.handle(agent, &env, &config);
-                let metrics = agent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .metrics()
-                    .clone();
                 let command = format!("{:?}", env.command).to_uppercase();
                 match outcome {
                     Ok(result) => {

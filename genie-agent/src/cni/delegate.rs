@@ -444,30 +444,6 @@ pub fn add_runtime_config(config: &mut Value, runtime: Option<&Value>) {
     }
 }
 
-/// ADD through a chain: each plugin gets the previous one's result as `prevResult`; the last
-/// result is the chain's. `progress` sees each result as it comes (the caller caches it, so a
-/// DEL after a crash has the newest `prevResult`).
-pub fn add_chain<'a>(
-    plugins: impl Iterator<Item = (&'a Path, &'a Value)>,
-    invocation: &Invocation,
-    mut progress: impl FnMut(&Value) -> Result<(), DelegateError>,
-) -> Result<AddResult, DelegateError> {
-    let mut last: Option<AddResult> = None;
-    for (plugin, config) in plugins {
-        let mut config = config.clone();
-        if let (Some(prev), Some(object)) = (&last, config.as_object_mut()) {
-            object.insert("prevResult".to_owned(), prev.raw.clone());
-        }
-        let added = add(plugin, invocation, &config)?;
-        progress(&added.raw)?;
-        last = Some(added);
-    }
-    last.ok_or_else(|| DelegateError::Config {
-        network: String::new(),
-        message: "no plugin to run".to_owned(),
-    })
-}
-
 /// The delegate configuration for one network: its `plugin` object with `cniVersion` and
 /// `name`, and — unless the plugin brings its own — host-local IPAM over the network's
 /// subnets with its state in `ipam_dir`. Only the default network may install a default route.

@@ -419,20 +419,22 @@ impl CniHandler {
         record.attachments.push(attachment);
         self.cache.store(record).map_err(io_error)?;
         let last = record.attachments.len() - 1;
-        let added = delegate::add_chain(
-            plugins.iter().map(|(p, c)| (p.as_path(), c)),
-            &invocation,
-            |result| {
-                // Each plugin's result is cached before the next runs: DEL after a crash
-                // gets the newest one as prevResult.
-                record.attachments[last].result = result.clone();
-                self.cache.store(record).map_err(|e| DelegateError::Io {
-                    plugin: PathBuf::from("genie attachment cache"),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            },
-        )
-        .map_err(|e| delegate_error(&label, e))?;
+        // A chain: each plugin gets the previous one's result as prevResult, and each result
+        // is cached before the next plugin runs (DEL after a crash gets the newest).
+        let mut added: Option<Value> = None;
+        for (plugin, config) in &plugins {
+            let mut config = config.clone();
+            if let (Some(prev), Some(object)) = (&added, config.as_object_mut()) {
+                object.insert("prevResult".to_owned(), prev.clone());
+            }
+            let result = delegate::add(plugin, &invocation, &config)
+                .map_err(|e| delegate_error(&label, e))?
+                .raw;
+            record.attachments[last].result = result.clone();
+            self.cache.store(record).map_err(io_error)?;
+            added = Some(result);
+        }
+        let added = added.unwrap_or_default();
         let request = record
             .endpoint_request(&record.attachments[last], &self.node_netns)
             .map_err(|m| {
@@ -443,7 +445,7 @@ impl CniHandler {
             .map_err(|e| agent_error(&label, e))?;
         record.attachments[last].endpoint = Some(endpoint);
         self.cache.store(record).map_err(io_error)?;
-        Ok(added.raw)
+        Ok(added)
     }
 
     fn invocation(&self, record: &CachedContainer, ifname: &str) -> Invocation {

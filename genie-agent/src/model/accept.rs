@@ -259,6 +259,7 @@ fn decide(
         "the default network of namespaces without a tenant".to_owned(),
     );
     let mut verdicts = Vec::new();
+    let prior_users = prior_dedicated_users(&entries);
     for kind in Kind::GENIE {
         let mut settled: Vec<&Entry<'_>> = entries
             .values()
@@ -277,7 +278,6 @@ fn decide(
                 reserved.take(&last.valid, true);
             }
         }
-        let prior_users = prior_dedicated_users(&entries);
         for entry in settled.into_iter().chain(changes.iter().copied()) {
             let file = entry
                 .current
